@@ -1,0 +1,1 @@
+"""The worker's settings model and example configurations."""

@@ -1,0 +1,250 @@
+"""The worker's settings: one frozen model, read from a YAML file, `ZSC_*` variables and flags.
+
+Precedence, highest first: command-line flag > environment > YAML file > default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from worker.errors import ConfigError
+
+DEFAULT_MODEL = "valhalla/distilbart-mnli-12-3"
+DEFAULT_TEMPLATE = "This example is {}."
+# Texts longer than this are dead-lettered: the model sees at most ~1,000 tokens
+# (a few thousand characters) anyway, and a huge text only costs tokenizer time.
+DEFAULT_MAX_TEXT_CHARS = 100_000
+
+# Each environment variable and the settings key it sets.
+ENV_KEYS: dict[str, tuple[str, ...]] = {
+    "ZSC_BOOTSTRAP_SERVERS": ("kafka", "bootstrap_servers"),
+    "ZSC_GROUP_ID": ("kafka", "group_id"),
+    "ZSC_MODEL": ("model", "name"),
+    "ZSC_DEVICE": ("model", "device"),
+    "ZSC_DTYPE": ("model", "dtype"),
+    "ZSC_MAX_BATCH_EVENTS": ("batching", "max_events"),
+    "ZSC_MAX_BATCH_TOKENS": ("batching", "max_tokens"),
+    "ZSC_MAX_WAIT_MS": ("batching", "max_wait_ms"),
+    "ZSC_PROCESSING_GUARANTEE": ("processing_guarantee",),
+    "ZSC_METRICS_PORT": ("metrics_port",),
+    "ZSC_LOG_LEVEL": ("log_level",),
+    "ZSC_SHUTDOWN_TIMEOUT_S": ("shutdown_timeout_s",),
+}
+
+LibrdkafkaValue = str | int | float | bool
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    """Where the brokers are and which consumer group the workers share."""
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", min_length=1)
+    group_id: str = Field("zsc-worker", min_length=1)
+    consumer: dict[str, LibrdkafkaValue] = Field(
+        default_factory=dict, description="Extra librdkafka consumer properties, passed through."
+    )
+    producer: dict[str, LibrdkafkaValue] = Field(
+        default_factory=dict, description="Extra librdkafka producer properties, passed through."
+    )
+
+
+class ModelSettings(_Section):
+    """Which NLI model scores the events, and on what hardware."""
+
+    name: str = Field(DEFAULT_MODEL, min_length=1, description="Hub id or local directory.")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return value
+
+
+class BatchingSettings(_Section):
+    """When a micro-batch closes: whichever bound is reached first."""
+
+    max_events: int = Field(
+        64, ge=1, description="Events per batch: larger amortises the model call, adds latency."
+    )
+    max_tokens: int = Field(
+        8192,
+        ge=16,
+        description="Padded premise+hypothesis tokens per batch: bounds accelerator memory.",
+    )
+    max_wait_ms: int = Field(
+        50, ge=0, description="Longest wait for a batch to fill: the latency cost at low traffic."
+    )
+
+
+class TopicSettings(_Section):
+    """One input topic: where its results go and what its events are classified against."""
+
+    input: str = Field(min_length=1)
+    output: str = Field(min_length=1)
+    dead_letter: str = Field("", description='Default: "<input>.dlq".')
+    labels: list[str] = Field(min_length=1)
+    hypothesis_template: str = DEFAULT_TEMPLATE
+    multi_label: bool = False
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    text_field: str = Field("text", min_length=1)
+    allow_event_labels: bool = False
+    max_text_chars: int = Field(DEFAULT_MAX_TEXT_CHARS, ge=1)
+
+    @field_validator("labels")
+    @classmethod
+    def _distinct_labels(cls, labels: list[str]) -> list[str]:
+        if any(not label.strip() for label in labels):
+            raise ValueError("labels must be non-empty strings")
+        if len(set(labels)) != len(labels):
+            raise ValueError("labels must be distinct")
+        return labels
+
+    @field_validator("hypothesis_template")
+    @classmethod
+    def _has_placeholder(cls, template: str) -> str:
+        return check_template(template)
+
+    @model_validator(mode="after")
+    def _topics_differ(self) -> TopicSettings:
+        if not self.dead_letter:
+            object.__setattr__(self, "dead_letter", f"{self.input}.dlq")
+        if self.input in (self.output, self.dead_letter):
+            raise ValueError(f"output and dead_letter must differ from the input {self.input!r}")
+        return self
+
+
+def check_template(template: str) -> str:
+    """Refuse a hypothesis template that has no `{}` for the label, as the pipeline does."""
+    if "{}" not in template:
+        raise ValueError('must contain "{}" where the label goes')
+    return template
+
+
+class Settings(BaseSettings):
+    """Everything a worker needs; see `load_settings` for where values come from."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="forbid")
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    processing_guarantee: Literal["at-least-once", "exactly-once"] = "at-least-once"
+    metrics_port: int = Field(9108, ge=0, le=65535, description="0 turns the HTTP server off.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    shutdown_timeout_s: float = Field(
+        30.0, gt=0, description="Longest wait for the in-flight batch and deliveries at shutdown."
+    )
+    topics: list[TopicSettings] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _distinct_inputs(self) -> Settings:
+        inputs = [topic.input for topic in self.topics]
+        if len(set(inputs)) != len(inputs):
+            raise ValueError("each input topic may appear once")
+        outputs = {t.output for t in self.topics} | {t.dead_letter for t in self.topics}
+        if looped := outputs & set(inputs):
+            raise ValueError(f"topics {sorted(looped)} are both input and output")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """`load_settings` merges the layers itself, so only the merged values count."""
+        return (init_settings,)
+
+
+def load_settings(
+    config_file: str | Path | None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Read the YAML file, lay the `ZSC_*` variables and then `overrides` over it, validate.
+
+    `overrides` maps dotted keys (``"kafka.group_id"``) to values; None values are skipped.
+    Raises ConfigError naming each bad key and why.
+    """
+    layers = [
+        _read_yaml(config_file) if config_file else {},
+        _env_layer(os.environ if environ is None else environ),
+        _nest({k: v for k, v in (overrides or {}).items() if v is not None}),
+    ]
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        _deep_merge(merged, layer)
+    try:
+        return Settings(**merged)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, config_file)) from None
+
+
+def describe_validation_error(exc: ValidationError, source: str | Path | None) -> str:
+    """One line per problem: the dotted key and pydantic's reason."""
+    where = f" in {source}" if source else ""
+    lines = [f"invalid configuration{where}:"]
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        lines.append(f"  {key}: {error['msg']}")
+    return "\n".join(lines)
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping of keys")
+    return data
+
+
+def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
+    layer: dict[str, Any] = {}
+    for name, path in ENV_KEYS.items():
+        if name in environ:
+            _deep_merge(layer, _nest({".".join(path): environ[name]}))
+    return layer
+
+
+def _nest(dotted: Mapping[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in dotted.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> None:
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value

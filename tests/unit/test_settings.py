@@ -1,0 +1,117 @@
+"""Configuration: the YAML file, `ZSC_*` variables and flags, in that order of precedence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from config.settings import DEFAULT_MODEL, load_settings
+from worker.errors import ConfigError
+
+EXAMPLE = Path(__file__).parents[2] / "config" / "example.yaml"
+MINIMAL = """
+topics:
+  - input: posts
+    output: posts.classified
+    labels: [sports, politics]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_match_the_design(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, MINIMAL), environ={})
+    assert settings.kafka.bootstrap_servers == "127.0.0.1:9092"
+    assert settings.kafka.group_id == "zsc-worker"
+    assert settings.model.name == DEFAULT_MODEL
+    assert (settings.model.device, settings.model.dtype) == ("auto", "auto")
+    assert (settings.batching.max_events, settings.batching.max_tokens) == (64, 8192)
+    assert settings.batching.max_wait_ms == 50
+    assert settings.processing_guarantee == "at-least-once"
+    assert settings.metrics_port == 9108
+    [topic] = settings.topics
+    assert topic.dead_letter == "posts.dlq"
+    assert topic.hypothesis_template == "This example is {}."
+    assert topic.multi_label is False and topic.threshold == 0.5
+    assert topic.text_field == "text" and topic.allow_event_labels is False
+
+
+def test_the_example_config_is_valid() -> None:
+    settings = load_settings(EXAMPLE, environ={})
+    assert [t.input for t in settings.topics] == ["posts", "comments"]
+
+
+def test_flag_beats_environment_beats_file(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "kafka: {group_id: from-file, bootstrap_servers: file:1}\n")
+    environ = {"ZSC_GROUP_ID": "from-env", "ZSC_MAX_WAIT_MS": "7", "ZSC_MODEL": "/models/x"}
+    settings = load_settings(path, {"kafka.group_id": "from-flag", "model.name": None}, environ)
+    assert settings.kafka.group_id == "from-flag"
+    assert settings.kafka.bootstrap_servers == "file:1"
+    assert settings.batching.max_wait_ms == 7
+    assert settings.model.name == "/models/x", "a flag left out does not hide the environment"
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "reason"),
+    [
+        ("batching: {max_events: 0}", "batching.max_events", "greater than or equal to 1"),
+        ("model: {dtype: float8}", "model.dtype", "'auto', 'float32', 'bfloat16' or 'float16'"),
+        ("model: {device: tpu}", "model.device", "auto, cpu, cuda or cuda:N"),
+        ("processing_guarantee: at-most-once", "processing_guarantee", "exactly-once"),
+        ("metrics_port: 70000", "metrics_port", "less than or equal to 65535"),
+        ("kafka: {group_idd: x}", "kafka.group_idd", "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_values_name_the_key_and_reason(
+    tmp_path: Path, extra: str, key: str, reason: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, MINIMAL + extra + "\n"), environ={})
+    message = str(caught.value)
+    assert key in message and reason in message
+
+
+@pytest.mark.parametrize(
+    ("topic", "key", "reason"),
+    [
+        ("{input: a, output: b, labels: []}", "topics.0.labels", "at least 1 item"),
+        ("{input: a, output: b, labels: [x, x]}", "topics.0.labels", "distinct"),
+        ("{input: a, output: b, labels: [x], hypothesis_template: nope}", "hypothesis_template", "{}"),
+        ("{input: a, output: a, labels: [x]}", "topics.0", "must differ from the input"),
+        ("{input: a, output: b, labels: [x], threshold: 2}", "topics.0.threshold", "less than"),
+        ("{output: b, labels: [x]}", "topics.0.input", "Field required"),
+    ],
+)
+def test_bad_topics_name_the_key_and_reason(
+    tmp_path: Path, topic: str, key: str, reason: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, f"topics:\n  - {topic}\n"), environ={})
+    assert key in str(caught.value) and reason in str(caught.value)
+
+
+def test_topics_are_required_and_inputs_distinct(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="topics: Field required"):
+        load_settings(write(tmp_path, "metrics_port: 0\n"), environ={})
+    twice = MINIMAL + "  - {input: posts, output: other, labels: [x]}\n"
+    with pytest.raises(ConfigError, match="each input topic may appear once"):
+        load_settings(write(tmp_path, twice), environ={})
+
+
+def test_unreadable_or_invalid_files_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings(tmp_path / "missing.yaml", environ={})
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(write(tmp_path, "topics: [\n"), environ={})
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_settings(write(tmp_path, "- a\n"), environ={})
+
+
+def test_bad_environment_value_names_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="batching.max_tokens"):
+        load_settings(write(tmp_path, MINIMAL), environ={"ZSC_MAX_BATCH_TOKENS": "lots"})

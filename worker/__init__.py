@@ -1,0 +1,1 @@
+"""zsc-worker: a Kafka stream-processing worker for zero-shot text classification."""

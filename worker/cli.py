@@ -1,0 +1,189 @@
+"""The `zsc-worker` command: run, classify, demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TextIO
+
+import orjson
+
+from config.settings import DEFAULT_MODEL, DEFAULT_TEMPLATE, check_template, load_settings
+from worker import errors, serde
+from worker.nli.base import Classifier, Task
+
+log = logging.getLogger("worker")
+
+# Exit codes, so scripts can tell a bad configuration from a model that cannot load.
+EXIT_CONFIG = 2
+EXIT_MODEL = 3
+EXIT_RUNTIME = 1
+# Texts scored per classifier call by `classify`.
+CLASSIFY_CHUNK = 64
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `zsc-worker` and `python -m worker`."""
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except errors.ConfigError as exc:
+        print(f"zsc-worker: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except errors.ModelError as exc:
+        print(f"zsc-worker: {exc}", file=sys.stderr)
+        return EXIT_MODEL
+    except errors.ZscError as exc:
+        print(f"zsc-worker: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zsc-worker", description="Zero-shot text classification of Kafka events."
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="consume, classify and produce until SIGTERM")
+    run.add_argument("--config", required=True, help="YAML configuration file")
+    run.add_argument("--bootstrap-servers", help="overrides kafka.bootstrap_servers")
+    run.add_argument("--group-id", help="overrides kafka.group_id")
+    run.add_argument("--model", help="overrides model.name: a hub id or a local directory")
+    run.set_defaults(handler=_run)
+
+    classify = commands.add_parser("classify", help="classify texts from arguments or stdin")
+    classify.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local directory")
+    classify.add_argument("--labels", required=True, help="comma-separated candidate labels")
+    classify.add_argument("--template", default=DEFAULT_TEMPLATE, help="hypothesis template")
+    classify.add_argument(
+        "--multi-label", action="store_true", help="score each label on its own"
+    )
+    classify.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    classify.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    classify.add_argument("texts", nargs="*", metavar="TEXT", help="default: lines of stdin")
+    classify.set_defaults(handler=_classify)
+
+    demo = commands.add_parser("demo", help="run the worker on sample events, print the results")
+    demo.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local directory")
+    demo.add_argument(
+        "--bootstrap-servers", help="use this broker instead of starting the embedded one"
+    )
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from worker.app import Worker
+    from worker.metrics import Health, Metrics, MetricsServer
+    from worker.nli.classifier import load_classifier
+
+    settings = load_settings(
+        args.config,
+        {
+            "kafka.bootstrap_servers": args.bootstrap_servers,
+            "kafka.group_id": args.group_id,
+            "model.name": args.model,
+        },
+    )
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    stop = _stop_on_signals()
+    metrics, health = Metrics(), Health()
+    server = None
+    if settings.metrics_port:
+        server = MetricsServer(metrics, health, settings.metrics_port)
+        server.start()
+    try:
+        classifier = load_classifier(
+            settings.model.name,
+            settings.model.device,
+            settings.model.dtype,
+            settings.batching.max_tokens,
+        )
+        Worker(settings, classifier, metrics, health).run(stop)
+    finally:
+        if server is not None:
+            server.stop()
+    return 0
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT: the worker stops polling and shuts down."""
+    stop = threading.Event()
+
+    def handle(signum: int, _frame: object) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    return stop
+
+
+def _classify(args: argparse.Namespace) -> int:
+    from worker.nli.classifier import load_classifier
+
+    labels = tuple(label.strip() for label in args.labels.split(",") if label.strip())
+    if not labels:
+        raise errors.ConfigError("--labels: give at least one label")
+    try:
+        check_template(args.template)
+    except ValueError as exc:
+        raise errors.ConfigError(f"--template: {exc}") from None
+    task = Task(labels, args.template, args.multi_label)
+    classifier = load_classifier(args.model, args.device, args.dtype)
+    texts = args.texts or _stdin_texts(sys.stdin)
+    for chunk in _chunks(texts, CLASSIFY_CHUNK):
+        _print_results(classifier, task, chunk, sys.stdout)
+    return 0
+
+
+def _stdin_texts(stream: TextIO) -> Iterator[str]:
+    """Non-blank lines of stdin: plain text, or JSON objects with a `text` field."""
+    for line in stream:
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("{"):
+            try:
+                event = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                event = None
+            if isinstance(event, dict):
+                text = event.get("text")
+                if not isinstance(text, str) or not text.strip():
+                    raise errors.ConfigError(f"stdin: a JSON line has no text: {line[:80]}")
+                yield text
+                continue
+        yield line
+
+
+def _chunks(texts: Iterable[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for text in texts:
+        chunk.append(text)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _print_results(classifier: Classifier, task: Task, texts: list[str], out: TextIO) -> None:
+    results = classifier.classify([classifier.encode(text, task) for text in texts])
+    for text, result in zip(texts, results):
+        labels, scores = serde.rank(task.labels, result.scores)
+        line = {"sequence": text, "labels": labels, "scores": scores}
+        out.write(orjson.dumps(line).decode() + "\n")
+    out.flush()
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from worker.demo import run_demo
+
+    return run_demo(args.model, args.bootstrap_servers)

@@ -1,0 +1,179 @@
+"""`zsc-worker demo`: sample events through a real worker on the embedded broker, as a table."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+import orjson
+from confluent_kafka import Consumer, Producer
+
+from config.settings import Settings
+from worker import errors
+from worker.app import ERROR_TYPE, Worker
+from worker.kafka.admin import ensure_topics
+
+# The demo gives up waiting for results after this long (a cold CPU model is slow).
+RESULTS_TIMEOUT_S = 300.0
+# Tansu's group join waits about half the session timeout: keep it short.
+DEMO_SESSION_TIMEOUT_MS = 6000
+TEXT_WIDTH = 58
+
+POSTS = [
+    "The striker scored twice in the last ten minutes to win the cup final.",
+    "Parliament passed the budget after a long night of negotiations.",
+    "The new phone ships with a faster chip and a brighter screen.",
+    "Our team lost again; the coach says the defence needs work.",
+    "The senator announced she will run for governor next year.",
+    "Researchers released an open-source compiler for quantum programs.",
+    "Tickets for the marathon sold out within an hour.",
+    "The election commission will recount the votes in three districts.",
+]
+COMMENTS = [
+    "Why does the app crash every time I open the settings page?",
+    "Absolutely loved this article, thank you for writing it!",
+    "BUY CHEAP WATCHES NOW!!! click the link in my profile",
+    "You are an idiot and everyone here hates you.",
+]
+MALFORMED: list[bytes] = [b"{this is not json", b'{"text": ""}', b"\xff\xfe not utf-8"]
+
+
+def demo_settings(bootstrap_servers: str, model: str) -> Settings:
+    """Two topics, one single-label and one multi-label, on the given broker."""
+    return Settings(
+        kafka={
+            "bootstrap_servers": bootstrap_servers,
+            "group_id": f"zsc-demo-{uuid.uuid4().hex[:8]}",
+            "consumer": {"session.timeout.ms": DEMO_SESSION_TIMEOUT_MS},
+        },
+        model={"name": model},
+        batching={"max_events": 16, "max_wait_ms": 100},
+        metrics_port=0,
+        topics=[
+            {
+                "input": "demo.posts",
+                "output": "demo.posts.classified",
+                "labels": ["sports", "politics", "technology"],
+            },
+            {
+                "input": "demo.comments",
+                "output": "demo.comments.tagged",
+                "labels": ["question", "praise", "spam", "insult"],
+                "hypothesis_template": "This comment is {}.",
+                "multi_label": True,
+            },
+        ],
+    )
+
+
+def run_demo(model: str, bootstrap_servers: str | None, out: TextIO = sys.stdout) -> int:
+    """Load the model, start a broker if none is given, classify the samples, print them."""
+    from worker.nli.classifier import load_classifier
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    print(f"loading model {model} ...", file=out, flush=True)
+    classifier = load_classifier(model)
+    with _broker(bootstrap_servers, out) as servers:
+        settings = demo_settings(servers, model)
+        topics = [name for t in settings.topics for name in (t.input, t.output, t.dead_letter)]
+        ensure_topics(servers, topics)
+        expected = _produce_samples(servers)
+        stop = threading.Event()
+        worker = Worker(settings, classifier)
+        failure: list[BaseException] = []
+
+        def serve() -> None:
+            try:
+                worker.run(stop)
+            except BaseException as exc:
+                failure.append(exc)
+
+        thread = threading.Thread(target=serve, name="zsc-demo-worker")
+        thread.start()
+        try:
+            results = _collect(servers, settings, expected, failure)
+        finally:
+            stop.set()
+            thread.join()
+        if failure:
+            raise errors.ZscError(f"the worker failed: {failure[0]}")
+    _print_table(results, out)
+    return 0
+
+
+@contextlib.contextmanager
+def _broker(bootstrap_servers: str | None, out: TextIO) -> Iterator[str]:
+    if bootstrap_servers:
+        yield bootstrap_servers
+        return
+    from worker.embedded.tansu import TansuBroker
+
+    with TansuBroker() as broker:
+        print(f"embedded broker (Tansu) on {broker.bootstrap_servers}", file=out, flush=True)
+        yield broker.bootstrap_servers
+
+
+def _produce_samples(servers: str) -> int:
+    producer = Producer({"bootstrap.servers": servers})
+    for i, text in enumerate(POSTS):
+        producer.produce("demo.posts", orjson.dumps({"id": f"post-{i}", "text": text}))
+    for i, text in enumerate(COMMENTS):
+        producer.produce("demo.comments", orjson.dumps({"id": f"comment-{i}", "text": text}))
+    for value in MALFORMED:
+        producer.produce("demo.posts", value)
+    producer.flush(30)
+    return len(POSTS) + len(COMMENTS) + len(MALFORMED)
+
+
+def _collect(
+    servers: str, settings: Settings, expected: int, failure: list[BaseException]
+) -> list[tuple[str, dict[str, Any] | None, str]]:
+    """(topic, output event or None, dead-letter reason) for every sample."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": servers,
+            "group.id": f"zsc-demo-reader-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": DEMO_SESSION_TIMEOUT_MS,
+        }
+    )
+    consumer.subscribe([name for t in settings.topics for name in (t.output, t.dead_letter)])
+    results: list[tuple[str, dict[str, Any] | None, str]] = []
+    deadline = time.monotonic() + RESULTS_TIMEOUT_S
+    try:
+        while len(results) < expected and time.monotonic() < deadline and not failure:
+            message = consumer.poll(0.5)
+            if message is None or message.error():
+                continue
+            topic = message.topic() or ""
+            headers = dict(message.headers() or [])
+            if ERROR_TYPE in headers:
+                reason = (headers[ERROR_TYPE] or b"").decode()
+                results.append((topic, None, reason))
+            else:
+                results.append((topic, orjson.loads(message.value() or b"{}"), ""))
+    finally:
+        consumer.close()
+    if len(results) < expected and not failure:
+        raise errors.ZscError(f"only {len(results)} of {expected} results arrived in time")
+    return results
+
+
+def _print_table(results: list[tuple[str, dict[str, Any] | None, str]], out: TextIO) -> None:
+    print(f"\n{'topic':<22} {'text':<{TEXT_WIDTH}} top labels", file=out)
+    print("-" * (24 + TEXT_WIDTH + 40), file=out)
+    for topic, event, reason in sorted(results, key=lambda r: (r[0], r[2])):
+        if event is None:
+            print(f"{topic:<22} {'(dead-lettered)':<{TEXT_WIDTH}} {reason}", file=out)
+            continue
+        result = event["classification"]
+        text = event["text"]
+        text = text if len(text) <= TEXT_WIDTH else text[: TEXT_WIDTH - 1] + "…"
+        tops = ", ".join(f"{lbl} {s:.2f}" for lbl, s in zip(result["labels"][:3], result["scores"]))
+        print(f"{topic:<22} {text:<{TEXT_WIDTH}} {tops}", file=out)

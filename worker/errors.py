@@ -1,0 +1,40 @@
+"""The exception tree of zsc-worker: one root, one subclass per place things go wrong."""
+
+from __future__ import annotations
+
+
+class ZscError(Exception):
+    """Root of every error raised by zsc-worker."""
+
+
+class ConfigError(ZscError):
+    """The configuration is invalid; the message names the key and the reason."""
+
+
+class ModelError(ZscError):
+    """The NLI model cannot be loaded or is unfit for zero-shot classification."""
+
+
+class InferenceError(ZscError):
+    """Scoring a batch failed on the model."""
+
+
+class BrokerError(ZscError):
+    """An embedded or test broker could not be provisioned or started."""
+
+
+class KafkaError(ZscError):
+    """A Kafka operation failed; `code` keeps librdkafka's error code."""
+
+    def __init__(self, message: str, code: int | None = None, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retriable = retriable
+
+
+class CommitError(KafkaError):
+    """Committing consumer offsets failed."""
+
+
+class ProduceError(KafkaError):
+    """A record could not be handed to the producer."""

@@ -1,0 +1,1 @@
+"""Thin adapters over confluent-kafka: client settings, records and error translation."""

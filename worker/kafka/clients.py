@@ -1,0 +1,93 @@
+"""Consumer and producer construction: every non-default librdkafka setting says why."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from config.settings import Settings
+from worker import errors
+
+RebalanceCallback = Callable[[Consumer, list[TopicPartition]], None]
+
+# librdkafka's own log lines go through Python logging, not straight to stderr,
+# so JSON log formatting and levels apply to them too.
+LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
+
+
+def consumer_config(settings: Settings) -> dict[str, Any]:
+    """The consumer's librdkafka properties; the user's `kafka.consumer` entries win."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka.bootstrap_servers,
+        "logger": LIBRDKAFKA_LOG,
+        "group.id": settings.kafka.group_id,
+        # Offsets are stored by the worker once an event's output is acknowledged,
+        # never by librdkafka when the record is handed out.
+        "enable.auto.offset.store": False,
+        # Auto-commit then commits only what was stored; shutdown and revocation
+        # commit synchronously on top of it.
+        "enable.auto.commit": True,
+        # A new group classifies the topic from its start rather than skipping
+        # whatever was produced before the first worker joined.
+        "auto.offset.reset": "earliest",
+        # A rebalance only moves the partitions that change owner, so workers
+        # joining or leaving do not stall the others' in-flight batches.
+        "partition.assignment.strategy": "cooperative-sticky",
+    }
+    if settings.processing_guarantee == "exactly-once":
+        # Outputs of aborted transactions must never reach the worker either,
+        # when it reads a topic that another transactional worker writes.
+        config["isolation.level"] = "read_committed"
+    config.update(settings.kafka.consumer)
+    return config
+
+
+def producer_config(settings: Settings) -> dict[str, Any]:
+    """The producer's librdkafka properties; the user's `kafka.producer` entries win."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka.bootstrap_servers,
+        "logger": LIBRDKAFKA_LOG,
+        # Retries can neither duplicate nor reorder outputs within a partition.
+        "enable.idempotence": True,
+        # A batch's outputs are produced together; a few ms lets them share requests.
+        "linger.ms": 5,
+    }
+    config.update(settings.kafka.producer)
+    return config
+
+
+def make_consumer(
+    settings: Settings,
+    on_assign: RebalanceCallback,
+    on_revoke: RebalanceCallback,
+    on_lost: RebalanceCallback,
+    topics: list[str],
+) -> Consumer:
+    """A consumer subscribed to the input topics with the worker's rebalance callbacks."""
+    try:
+        consumer = Consumer(consumer_config(settings))
+        consumer.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
+    except KafkaException as exc:
+        raise translate(exc, "cannot create the consumer") from None
+    return consumer
+
+
+def make_producer(settings: Settings) -> Producer:
+    """The idempotent producer of outputs and dead-letter records."""
+    try:
+        return Producer(producer_config(settings))
+    except KafkaException as exc:
+        raise translate(exc, "cannot create the producer") from None
+
+
+def translate(exc: KafkaException, doing: str) -> errors.KafkaError:
+    """A confluent-kafka exception as the worker's own error, keeping the Kafka error code."""
+    error = exc.args[0] if exc.args else None
+    if isinstance(error, KafkaError):
+        return errors.KafkaError(
+            f"{doing}: {error.str()}", code=error.code(), retriable=error.retriable()
+        )
+    return errors.KafkaError(f"{doing}: {exc}")

@@ -1,0 +1,145 @@
+"""Prometheus metrics and the /metrics, /healthz and /readyz endpoints."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+# Bucket bounds chosen for CPU and GPU batches alike: from a few ms to a minute.
+SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+EVENTS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+TOKENS_BUCKETS = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
+
+
+class Metrics:
+    """The worker's metrics, in a registry of their own so several workers can share a process."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.consumed = Counter(
+            "zsc_events_consumed_total", "Records read from input topics.", ["topic"], registry=r
+        )
+        self.classified = Counter(
+            "zsc_events_classified_total",
+            "Events classified and acknowledged on the output topic.",
+            ["topic"],
+            registry=r,
+        )
+        self.dead_lettered = Counter(
+            "zsc_events_dead_lettered_total",
+            "Records sent to a dead-letter topic, by reason.",
+            ["topic", "reason"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "zsc_batch_size", "Events per classified batch.", buckets=EVENTS_BUCKETS, registry=r
+        )
+        self.batch_tokens = Histogram(
+            "zsc_batch_tokens",
+            "Padded premise+hypothesis tokens per batch.",
+            buckets=TOKENS_BUCKETS,
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "zsc_inference_seconds",
+            "Time the model took for one batch.",
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.end_to_end_seconds = Histogram(
+            "zsc_end_to_end_seconds",
+            "From the input record's timestamp to its output's acknowledgement.",
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "zsc_consumer_lag",
+            "High watermark minus the committed position, per partition.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.paused = Gauge(
+            "zsc_paused", "1 while input partitions are paused for backpressure.", registry=r
+        )
+        self.rebalances = Counter(
+            "zsc_rebalances_total", "Partition assignment changes, by kind.", ["kind"], registry=r
+        )
+        self.inference_failures = Counter(
+            "zsc_inference_failures_total", "Batches the model failed on.", registry=r
+        )
+
+
+class Health:
+    """What /healthz and /readyz report; set by the worker as it starts and runs."""
+
+    def __init__(self) -> None:
+        self.model_loaded = threading.Event()
+        self.group_joined = threading.Event()
+
+    @property
+    def ready(self) -> bool:
+        """Ready once the model is loaded and the consumer group has been joined."""
+        return self.model_loaded.is_set() and self.group_joined.is_set()
+
+
+class MetricsServer:
+    """A small HTTP server: /metrics (Prometheus text), /healthz and /readyz."""
+
+    def __init__(self, metrics: Metrics, health: Health, port: int, host: str = "0.0.0.0") -> None:
+        handler = _handler(metrics, health)
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="zsc-metrics", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful when asked for port 0 in tests)."""
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        """Serve in a daemon thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving and release the port."""
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _handler(metrics: Metrics, health: Health) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                self._send(200, b"ok\n")
+            elif path == "/readyz":
+                ready = health.ready
+                self._send(200 if ready else 503, b"ready\n" if ready else b"not ready\n")
+            else:
+                self._send(404, b"not found\n")
+
+        def _send(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Scrapes every few seconds would drown the worker's own log."""
+
+    return Handler

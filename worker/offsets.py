@@ -1,0 +1,101 @@
+"""Which input offsets are safe to commit: those whose outputs, and every earlier one's, are done."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+TopicPartition = tuple[str, int]
+
+
+@dataclass(slots=True)
+class _PartitionState:
+    epoch: int
+    pending: deque[int] = field(default_factory=deque)
+    done: set[int] = field(default_factory=set)
+    next_offset: int | None = None
+    taken: int | None = None
+
+
+class OffsetTracker:
+    """Tracks in-flight offsets per partition and yields the offsets to commit.
+
+    Offsets of a partition are tracked in the order they were consumed (gaps, as
+    left by compaction or transaction markers, are fine). An offset is done when
+    its output is acknowledged; the partition's commit position is one past the
+    last offset of the longest done prefix, so an offset is never committed
+    before its output and all earlier outputs exist.
+
+    Each assignment of a partition gets a new epoch: acknowledgements carry the
+    epoch they were tracked in, and those of an earlier assignment are ignored.
+    """
+
+    def __init__(self) -> None:
+        self._partitions: dict[TopicPartition, _PartitionState] = {}
+        self._epochs = 0
+
+    def assign(self, tp: TopicPartition) -> int:
+        """Start tracking `tp` afresh; returns its epoch."""
+        state = self._partitions[tp] = self._new_state()
+        return state.epoch
+
+    def revoke(self, tp: TopicPartition) -> None:
+        """Forget `tp`: its in-flight offsets will be re-read by its next owner."""
+        self._partitions.pop(tp, None)
+
+    def epoch(self, tp: TopicPartition) -> int | None:
+        """The current epoch of `tp`, or None when it is not assigned."""
+        state = self._partitions.get(tp)
+        return state.epoch if state else None
+
+    def track(self, tp: TopicPartition, offset: int) -> int:
+        """Record a consumed offset as in flight; returns the epoch to ack it with."""
+        state = self._partitions.get(tp)
+        if state is None:
+            state = self._partitions[tp] = self._new_state()
+        floor = state.pending[-1] + 1 if state.pending else state.next_offset
+        if floor is not None and offset < floor:
+            raise ValueError(f"offset {offset} of {tp} tracked out of order (expected >= {floor})")
+        state.pending.append(offset)
+        return state.epoch
+
+    def ack(self, tp: TopicPartition, offset: int, epoch: int) -> bool:
+        """Mark an offset done; False when it belongs to an earlier assignment."""
+        state = self._partitions.get(tp)
+        if state is None or state.epoch != epoch:
+            return False
+        state.done.add(offset)
+        while state.pending and state.pending[0] in state.done:
+            head = state.pending.popleft()
+            state.done.discard(head)
+            state.next_offset = head + 1
+        return True
+
+    def is_current(self, tp: TopicPartition, epoch: int) -> bool:
+        """Whether `epoch` is the live assignment of `tp`."""
+        state = self._partitions.get(tp)
+        return state is not None and state.epoch == epoch
+
+    def take_committable(self) -> dict[TopicPartition, int]:
+        """Commit positions that advanced since the last call (offset of the next record)."""
+        advanced = {}
+        for tp, state in self._partitions.items():
+            if state.next_offset is not None and state.next_offset != state.taken:
+                advanced[tp] = state.taken = state.next_offset
+        return advanced
+
+    def position(self, tp: TopicPartition) -> int | None:
+        """The commit position of `tp`: one past its longest done prefix."""
+        state = self._partitions.get(tp)
+        return state.next_offset if state else None
+
+    def in_flight(self, tp: TopicPartition | None = None) -> int:
+        """Offsets consumed but not yet committable, for one partition or all."""
+        if tp is not None:
+            state = self._partitions.get(tp)
+            return len(state.pending) if state else 0
+        return sum(len(state.pending) for state in self._partitions.values())
+
+    def _new_state(self) -> _PartitionState:
+        self._epochs += 1
+        return _PartitionState(epoch=self._epochs)

@@ -1,0 +1,123 @@
+"""Bytes to events and back: decoding with the reasons a record is dead-lettered, and encoding."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from worker.routing import Route
+
+# Dead-letter reasons, the value of the `zsc.error.type` header.
+EMPTY_VALUE = "empty_value"
+INVALID_UTF8 = "invalid_utf8"
+INVALID_JSON = "invalid_json"
+NOT_AN_OBJECT = "not_an_object"
+MISSING_TEXT = "missing_text"
+INVALID_TEXT = "invalid_text"
+TEXT_TOO_LONG = "text_too_long"
+INVALID_LABELS = "invalid_labels"
+INFERENCE_FAILED = "inference_failed"
+OUTPUT_REJECTED = "output_rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a record cannot be classified."""
+
+    error_type: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedEvent:
+    """A valid input event: its JSON object, text and own labels (if any)."""
+
+    body: dict[str, Any]
+    text: str
+    labels: tuple[str, ...] | None
+
+
+def decode_event(value: bytes | None, route: Route) -> DecodedEvent | Rejection:
+    """Decode and validate one record value against its topic's route."""
+    if not value:
+        return Rejection(EMPTY_VALUE, "the record has no value")
+    try:
+        body = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as utf8_error:
+            return Rejection(INVALID_UTF8, f"the value is not valid UTF-8: {utf8_error}")
+        return Rejection(INVALID_JSON, f"the value is not valid JSON: {exc}")
+    if not isinstance(body, dict):
+        return Rejection(NOT_AN_OBJECT, f"the value is JSON {type(body).__name__}, not an object")
+    field = route.text_field
+    if field not in body:
+        return Rejection(MISSING_TEXT, f"the event has no {field!r} field")
+    text = body[field]
+    if not isinstance(text, str) or not text.strip():
+        return Rejection(INVALID_TEXT, f"{field!r} must be a non-empty string")
+    if len(text) > route.max_text_chars:
+        return Rejection(
+            TEXT_TOO_LONG, f"{field!r} has {len(text)} characters, over {route.max_text_chars}"
+        )
+    labels = None
+    if route.allow_event_labels and "labels" in body:
+        labels = _event_labels(body["labels"])
+        if isinstance(labels, Rejection):
+            return labels
+    return DecodedEvent(body, text, labels)
+
+
+def _event_labels(raw: object) -> tuple[str, ...] | Rejection:
+    if (
+        not isinstance(raw, list)
+        or not raw
+        or not all(isinstance(label, str) and label.strip() for label in raw)
+    ):
+        return Rejection(INVALID_LABELS, "'labels' must be a non-empty list of non-empty strings")
+    if len(set(raw)) != len(raw):
+        return Rejection(INVALID_LABELS, "'labels' must be distinct")
+    return tuple(raw)
+
+
+def classification(
+    labels: Sequence[str],
+    scores: Sequence[float],
+    *,
+    multi_label: bool,
+    threshold: float,
+    model: str,
+    hypothesis_template: str,
+    source: tuple[str, int, int],
+) -> dict[str, Any]:
+    """The `classification` object: labels sorted by descending score, and the prediction."""
+    ranked, ranked_scores = rank(labels, scores)
+    if multi_label:
+        predicted = [label for label, score in zip(ranked, ranked_scores) if score >= threshold]
+    else:
+        predicted = ranked[:1]
+    topic, partition, offset = source
+    return {
+        "labels": ranked,
+        "scores": ranked_scores,
+        "predicted": predicted,
+        "multi_label": multi_label,
+        "model": model,
+        "hypothesis_template": hypothesis_template,
+        "source": {"topic": topic, "partition": partition, "offset": offset},
+    }
+
+
+def rank(labels: Sequence[str], scores: Sequence[float]) -> tuple[list[str], list[float]]:
+    """Labels and scores sorted by descending score, as the transformers pipeline orders them."""
+    order = sorted(range(len(labels)), key=lambda i: scores[i], reverse=True)
+    return [labels[i] for i in order], [float(scores[i]) for i in order]
+
+
+def encode_output(body: dict[str, Any], result: dict[str, Any]) -> bytes:
+    """The output record value: the input object with its classification added."""
+    return orjson.dumps({**body, "classification": result})
