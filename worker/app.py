@@ -94,6 +94,7 @@ class Worker:
         self._max_in_flight = IN_FLIGHT_BATCHES * batching.max_events
         self._paused = False
         self._paused_partitions: set[tuple[str, int]] = set()
+        self._assigned: frozenset[tuple[str, int]] = frozenset()
         self._fatal: errors.ZscError | None = None
         self._next_lag_at = 0.0
         self._producer: Producer | None = None
@@ -102,6 +103,11 @@ class Worker:
             raise errors.ConfigError(
                 "processing_guarantee: exactly-once is not implemented yet; use at-least-once"
             )
+
+    @property
+    def assignment(self) -> frozenset[tuple[str, int]]:
+        """The input partitions this worker owns now."""
+        return self._assigned
 
     def run(self, stop: threading.Event) -> None:
         """Process until `stop` is set, then shut down cleanly (see `_shutdown`)."""
@@ -346,6 +352,7 @@ class Worker:
         self.metrics.rebalances.labels("assign").inc()
         for tp in partitions:
             self._tracker.assign((tp.topic, tp.partition))
+        self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
         self.health.group_joined.set()
         log.info("assigned %s", _describe(partitions))
 
@@ -365,6 +372,7 @@ class Worker:
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
         gone = {(tp.topic, tp.partition) for tp in partitions}
+        self._assigned -= gone
         for tp in gone:
             self._tracker.revoke(tp)
         self._batcher.discard(lambda pending: pending.tp not in gone)
