@@ -13,7 +13,8 @@ SCHEMA_DIR = Path(__file__).parent
 def schema_documents() -> dict[str, str]:
     """Each schema file's name and the text it must hold."""
     return {
-        f"{name}.schema.json": json.dumps(model.model_json_schema(), indent=2, sort_keys=True) + "\n"
+        f"{name}.schema.json": json.dumps(model.model_json_schema(), indent=2, sort_keys=True)
+        + "\n"
         for name, model in SCHEMAS.items()
     }
 

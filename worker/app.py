@@ -8,11 +8,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from config.settings import Settings
 from worker import errors, serde
 from worker.batching import Batch, MicroBatcher
+from worker.checkpoint import Checkpointer, OffsetCommitter, TransactionalCommitter
 from worker.inference import Completed, InferenceRunner
 from worker.kafka.clients import make_consumer, make_producer, translate
 from worker.kafka.records import Headers
@@ -56,6 +65,7 @@ class Pending:
     route: Route
     event: serde.DecodedEvent | None = None
     encoded: EncodedEvent | None = None
+    rejection: serde.Rejection | None = None
 
     @property
     def tp(self) -> tuple[str, int]:
@@ -63,8 +73,7 @@ class Pending:
         return self.topic, self.partition
 
 
-def _encoded(pending: Pending) -> EncodedEvent:
-    assert pending.encoded is not None
+def _encoded(pending: Pending) -> EncodedEvent | None:
     return pending.encoded
 
 
@@ -99,10 +108,7 @@ class Worker:
         self._next_lag_at = 0.0
         self._producer: Producer | None = None
         self._consumer: Consumer | None = None
-        if settings.processing_guarantee != "at-least-once":
-            raise errors.ConfigError(
-                "processing_guarantee: exactly-once is not implemented yet; use at-least-once"
-            )
+        self._checkpointer: Checkpointer | None = None
 
     @property
     def assignment(self) -> frozenset[tuple[str, int]]:
@@ -113,8 +119,21 @@ class Worker:
         """Process until `stop` is set, then shut down cleanly (see `_shutdown`)."""
         self._producer = make_producer(self.settings)
         self._consumer = make_consumer(
-            self.settings, self._on_assign, self._on_revoke, self._on_lost, self._router.input_topics
+            self.settings,
+            self._on_assign,
+            self._on_revoke,
+            self._on_lost,
+            self._router.input_topics,
         )
+        if self.settings.processing_guarantee == "exactly-once":
+            self._checkpointer = TransactionalCommitter(
+                self._consumer, self._producer, self._tracker, self._clock
+            )
+        else:
+            self._checkpointer = OffsetCommitter(
+                self._consumer, self._producer, self._tracker, self.settings.shutdown_timeout_s
+            )
+        self._checkpointer.start()
         self._runner.start()
         self.health.model_loaded.set()
         log.info("worker started: topics %s", self._router.input_topics)
@@ -135,7 +154,8 @@ class Worker:
             self._submit(batch)
         for completed in self._runner.completed():
             self._publish(completed)
-        self._store_offsets()
+        if not self._live_checkpointer().checkpoint():
+            self._rewind()
         self._apply_backpressure()
         self._update_lag()
 
@@ -163,14 +183,17 @@ class Worker:
             self._router.route(topic),
         )
         decoded = serde.decode_event(pending.value, pending.route)
+        pairs = max_pair_tokens = 0
         if isinstance(decoded, serde.Rejection):
-            self._dead_letter(pending, decoded)
-            return
-        pending.event = decoded
-        pending.encoded = self.classifier.encode(decoded.text, pending.route.task_for(decoded.labels))
-        for batch in self._batcher.add(
-            pending, pending.encoded.pair_count, pending.encoded.max_pair_tokens
-        ):
+            # It rides in the batch, unscored, so that every partition's results
+            # are produced in offset order (which exactly-once relies on).
+            pending.rejection = decoded
+        else:
+            pending.event = decoded
+            task = pending.route.task_for(decoded.labels)
+            pending.encoded = self.classifier.encode(decoded.text, task)
+            pairs, max_pair_tokens = pending.encoded.pair_count, pending.encoded.max_pair_tokens
+        for batch in self._batcher.add(pending, pairs, max_pair_tokens):
             self._submit(batch)
 
     def _on_consume_error(self, error: KafkaError) -> None:
@@ -190,10 +213,12 @@ class Worker:
         self.metrics.inference_seconds.observe(completed.seconds)
         if completed.failed:
             self.metrics.inference_failures.inc()
-        for pending, outcome in zip(completed.items, completed.outcomes):
+        for pending, outcome in zip(completed.items, completed.outcomes, strict=True):
             if not self._tracker.is_current(pending.tp, pending.epoch):
                 continue  # revoked while on the model: its new owner classifies it again
-            if isinstance(outcome, Scores):
+            if pending.rejection is not None:
+                self._dead_letter(pending, pending.rejection)
+            elif isinstance(outcome, Scores):
                 self._produce_output(pending, outcome)
             else:
                 reason = serde.Rejection(serde.INFERENCE_FAILED, f"the model failed: {outcome}")
@@ -217,12 +242,15 @@ class Worker:
             if error is None:
                 self.metrics.classified.labels(pending.topic).inc()
                 self._observe_end_to_end(pending)
-                self._tracker.ack(pending.tp, pending.offset, pending.epoch)
-            else:
+                self._acknowledge(pending, produced=False)
+            elif not self._live_checkpointer().ack_on_produce:
                 reason = f"the output topic {route.output!r} rejected it: {error.str()}"
                 self._dead_letter(pending, serde.Rejection(serde.OUTPUT_REJECTED, reason))
+            else:
+                log.warning("output lost with its transaction, which aborts: %s", error.str())
 
         self._produce(route.output, value, pending.key, pending.headers, delivered)
+        self._acknowledge(pending, produced=True)
 
     def _dead_letter(self, pending: Pending, reason: serde.Rejection) -> None:
         headers: Headers = [
@@ -244,7 +272,9 @@ class Worker:
         def delivered(error: KafkaError | None, _message: Message) -> None:
             if error is None:
                 self.metrics.dead_lettered.labels(pending.topic, reason.error_type).inc()
-                self._tracker.ack(pending.tp, pending.offset, pending.epoch)
+                self._acknowledge(pending, produced=False)
+            elif self._live_checkpointer().ack_on_produce:
+                log.warning("dead-letter lost with its transaction, which aborts: %s", error.str())
             else:
                 # Nothing is committed past this record, so a restart retries it.
                 self._fatal = errors.ProduceError(
@@ -254,6 +284,12 @@ class Worker:
                 )
 
         self._produce(pending.route.dead_letter, pending.value, pending.key, headers, delivered)
+        self._acknowledge(pending, produced=True)
+
+    def _acknowledge(self, pending: Pending, produced: bool) -> None:
+        """Mark the event's offset done: once produced (exactly-once) or delivered."""
+        if produced == self._live_checkpointer().ack_on_produce:
+            self._tracker.ack(pending.tp, pending.offset, pending.epoch)
 
     def _produce(
         self,
@@ -279,36 +315,6 @@ class Worker:
             self.metrics.end_to_end_seconds.observe(
                 max(0.0, time.time() - pending.timestamp_ms / 1000)
             )
-
-    def _store_offsets(self) -> None:
-        committable = self._tracker.take_committable()
-        if not committable:
-            return
-        consumer, _ = self._live()
-        offsets = [TopicPartition(t, p, o) for (t, p), o in committable.items()]
-        try:
-            consumer.store_offsets(offsets=offsets)
-        except KafkaException as exc:
-            # A partition revoked meanwhile: its new owner starts from the last commit.
-            log.info("%s", translate(exc, "storing offsets"))
-
-    def _commit(self, partitions: list[TopicPartition] | None = None) -> None:
-        """Commit the done positions synchronously (of `partitions`, or all)."""
-        consumer, _ = self._live()
-        self._store_offsets()
-        wanted = None if partitions is None else {(tp.topic, tp.partition) for tp in partitions}
-        offsets = []
-        for tp in consumer.assignment():
-            key = (tp.topic, tp.partition)
-            position = self._tracker.position(key)
-            if position is not None and (wanted is None or key in wanted):
-                offsets.append(TopicPartition(tp.topic, tp.partition, position))
-        if not offsets:
-            return
-        try:
-            consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as exc:
-            log.warning("%s", translate(exc, "committing offsets"))
 
     def _apply_backpressure(self) -> None:
         """Pause every assigned partition while too many events are in flight."""
@@ -358,17 +364,18 @@ class Worker:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels("revoke").inc()
-        _, producer = self._live()
-        # Deliver what was produced, so the commit below covers it.
-        producer.flush(self.settings.shutdown_timeout_s)
-        self._commit(partitions)
+        self._live_checkpointer().revoked(partitions)
         self._forget(partitions)
         log.info("revoked %s", _describe(partitions))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels("lost").inc()
         self._forget(partitions)
-        log.warning("lost %s: their uncommitted events go to their next owner", _describe(partitions))
+        if self._live_checkpointer().lost():
+            self._rewind()
+        log.warning(
+            "lost %s: their uncommitted events go to their next owner", _describe(partitions)
+        )
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
         gone = {(tp.topic, tp.partition) for tp in partitions}
@@ -376,6 +383,22 @@ class Worker:
         for tp in gone:
             self._tracker.revoke(tp)
         self._batcher.discard(lambda pending: pending.tp not in gone)
+
+    def _rewind(self) -> None:
+        """Forget all work not yet durable and read again from the committed offsets."""
+        consumer, _ = self._live()
+        assignment = consumer.assignment()
+        for tp in assignment:
+            self._tracker.assign((tp.topic, tp.partition))
+        self._batcher.discard(lambda pending: False)
+        try:
+            for tp in consumer.committed(assignment, timeout=self.settings.shutdown_timeout_s):
+                # No commit yet: from the start, as auto.offset.reset=earliest would.
+                offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+        except KafkaException as exc:
+            raise translate(exc, "cannot rewind to the committed offsets") from None
+        log.warning("rewound %s to the committed offsets", _describe(assignment))
 
     def _shutdown(self) -> None:
         """Finish the in-flight batches, deliver, commit, close; abandon what the timeout cuts."""
@@ -391,8 +414,10 @@ class Worker:
                     producer.poll(0)
             remaining = producer.flush(max(0.0, deadline - self._clock()))
             if remaining:
-                log.warning("shutdown: %d records undelivered; their inputs stay uncommitted", remaining)
-            self._commit()
+                log.warning(
+                    "shutdown: %d records undelivered; their inputs stay uncommitted", remaining
+                )
+            self._live_checkpointer().checkpoint(force=True)
         finally:
             self._runner.stop(timeout=max(0.0, deadline - self._clock()))
             consumer.close()
@@ -401,6 +426,10 @@ class Worker:
     def _live(self) -> tuple[Consumer, Producer]:
         assert self._consumer is not None and self._producer is not None, "run() not started"
         return self._consumer, self._producer
+
+    def _live_checkpointer(self) -> Checkpointer:
+        assert self._checkpointer is not None, "run() not started"
+        return self._checkpointer
 
 
 def _describe(partitions: list[TopicPartition]) -> str:

@@ -107,4 +107,3 @@ class MicroBatcher(Generic[T]):
         if not kept:
             self._open = None
         return dropped
-

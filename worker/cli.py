@@ -59,9 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     classify.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local directory")
     classify.add_argument("--labels", required=True, help="comma-separated candidate labels")
     classify.add_argument("--template", default=DEFAULT_TEMPLATE, help="hypothesis template")
-    classify.add_argument(
-        "--multi-label", action="store_true", help="score each label on its own"
-    )
+    classify.add_argument("--multi-label", action="store_true", help="score each label on its own")
     classify.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     classify.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     classify.add_argument("texts", nargs="*", metavar="TEXT", help="default: lines of stdin")
@@ -176,7 +174,7 @@ def _chunks(texts: Iterable[str], size: int) -> Iterator[list[str]]:
 
 def _print_results(classifier: Classifier, task: Task, texts: list[str], out: TextIO) -> None:
     results = classifier.classify([classifier.encode(text, task) for text in texts])
-    for text, result in zip(texts, results):
+    for text, result in zip(texts, results, strict=True):
         labels, scores = serde.rank(task.labels, result.scores)
         line = {"sequence": text, "labels": labels, "scores": scores}
         out.write(orjson.dumps(line).decode() + "\n")

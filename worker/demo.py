@@ -175,5 +175,8 @@ def _print_table(results: list[tuple[str, dict[str, Any] | None, str]], out: Tex
         result = event["classification"]
         text = event["text"]
         text = text if len(text) <= TEXT_WIDTH else text[: TEXT_WIDTH - 1] + "…"
-        tops = ", ".join(f"{lbl} {s:.2f}" for lbl, s in zip(result["labels"][:3], result["scores"]))
+        tops = ", ".join(
+            f"{lbl} {s:.2f}"
+            for lbl, s in zip(result["labels"][:3], result["scores"][:3], strict=True)
+        )
         print(f"{topic:<22} {text:<{TEXT_WIDTH}} {tops}", file=out)

@@ -15,7 +15,8 @@ from worker.nli.base import Classifier, EncodedEvent, Scores
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Outcome = Scores | Exception
+# Scores, the model's error, or None for an item that had nothing to score.
+Outcome = Scores | Exception | None
 
 
 @dataclass(slots=True)
@@ -31,14 +32,16 @@ class Completed(Generic[T]):
 class InferenceRunner(Generic[T]):
     """Runs the classifier on its own thread; torch releases the GIL while it computes.
 
-    A batch the model fails on is retried one event at a time, so a single bad
-    event gets its own error and every other event of the batch its scores.
+    Items for which `encoded` gives None ride along unscored, keeping their
+    place in the order results come back. A batch the model fails on is retried
+    one event at a time, so a single bad event gets its own error and every
+    other event of the batch its scores.
     """
 
     def __init__(
         self,
         classifier: Classifier,
-        encoded: Callable[[T], EncodedEvent],
+        encoded: Callable[[T], EncodedEvent | None],
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._classifier = classifier
@@ -70,7 +73,9 @@ class InferenceRunner(Generic[T]):
         """The batches finished so far, waiting up to `timeout` for the first one."""
         done: list[Completed[T]] = []
         try:
-            done.append(self._outbox.get(timeout=timeout) if timeout > 0 else self._outbox.get_nowait())
+            done.append(
+                self._outbox.get(timeout=timeout) if timeout > 0 else self._outbox.get_nowait()
+            )
             while True:
                 done.append(self._outbox.get_nowait())
         except queue.Empty:
@@ -91,16 +96,21 @@ class InferenceRunner(Generic[T]):
             self._outbox.put(Completed(items, outcomes, self._clock() - started, failed))
 
     def _score(self, items: Sequence[T]) -> tuple[list[Outcome], bool]:
-        events = [self._encoded(item) for item in items]
+        encoded = [self._encoded(item) for item in items]
+        events = [event for event in encoded if event is not None]
+        if not events:
+            return [None] * len(items), False
         try:
-            return list(self._classifier.classify(events)), False
+            scores: list[Outcome] = list(self._classifier.classify(events))
+            failed = False
         except Exception as exc:
             log.exception("inference failed on a batch of %d events", len(events))
-            if len(events) == 1:
-                return [exc], True
-        return [self._score_one(event) for event in events], True
+            scores = [exc] if len(events) == 1 else [self._score_one(e) for e in events]
+            failed = True
+        found = iter(scores)
+        return [None if event is None else next(found) for event in encoded], failed
 
-    def _score_one(self, event: EncodedEvent) -> Outcome:
+    def _score_one(self, event: EncodedEvent) -> Scores | Exception:
         try:
             return self._classifier.classify([event])[0]
         except Exception as exc:

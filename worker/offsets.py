@@ -1,4 +1,4 @@
-"""Which input offsets are safe to commit: those whose outputs, and every earlier one's, are done."""
+"""Which input offsets are safe to commit: those whose output, and all before, are done."""
 
 from __future__ import annotations
 

@@ -97,7 +97,9 @@ def classification(
     """The `classification` object: labels sorted by descending score, and the prediction."""
     ranked, ranked_scores = rank(labels, scores)
     if multi_label:
-        predicted = [label for label, score in zip(ranked, ranked_scores) if score >= threshold]
+        predicted = [
+            label for label, score in zip(ranked, ranked_scores, strict=True) if score >= threshold
+        ]
     else:
         predicted = ranked[:1]
     topic, partition, offset = source

@@ -201,14 +201,14 @@ def pipeline_scores(
     )
     if isinstance(results, dict):
         results = [results]
-    return [dict(zip(r["labels"], r["scores"])) for r in results]
+    return [dict(zip(r["labels"], r["scores"], strict=True)) for r in results]
 
 
 def assert_scores_match(
     classification: dict[str, Any], expected: dict[str, float], tolerance: float = 1e-4
 ) -> None:
     """The worker's scores equal the pipeline's, label by label, and are sorted the same way."""
-    got = dict(zip(classification["labels"], classification["scores"]))
+    got = dict(zip(classification["labels"], classification["scores"], strict=True))
     assert got.keys() == expected.keys()
     for label, score in expected.items():
         assert abs(got[label] - score) <= tolerance, (label, got[label], score)

@@ -38,8 +38,15 @@ def test_run_classifies_then_exits_cleanly_on_sigterm(
         "kafka": {"consumer": {"session.timeout.ms": SESSION_TIMEOUT_MS}},
         "model": {"name": "not-this-one", "device": "cpu", "dtype": "float32"},
         "metrics_port": 0,
-        "topics": [{"input": source, "output": sink, "dead_letter": dlq, "labels": LABELS,
-                    "multi_label": True}],
+        "topics": [
+            {
+                "input": source,
+                "output": sink,
+                "dead_letter": dlq,
+                "labels": LABELS,
+                "multi_label": True,
+            }
+        ],
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -50,10 +57,23 @@ def test_run_classifies_then_exits_cleanly_on_sigterm(
 
     env = {**os.environ, "ZSC_GROUP_ID": "overridden-by-the-flag"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "worker", "run", "--config", str(path),
-         "--bootstrap-servers", bootstrap_servers, "--group-id", group,
-         "--model", str(tiny_bart_dir)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "worker",
+            "run",
+            "--config",
+            str(path),
+            "--bootstrap-servers",
+            bootstrap_servers,
+            "--group-id",
+            group,
+            "--model",
+            str(tiny_bart_dir),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         outputs = read(bootstrap_servers, [sink, dlq], len(values), timeout_s=180)
@@ -79,7 +99,9 @@ def test_bad_config_stops_start_up_with_the_key_and_reason(tmp_path: Path) -> No
     path.write_text("batching: {max_wait_ms: -1}\ntopics: [{input: a, output: b, labels: [x]}]\n")
     result = subprocess.run(
         [sys.executable, "-m", "worker", "run", "--config", str(path)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert "batching.max_wait_ms" in result.stderr

@@ -43,7 +43,12 @@ def test_two_topics_with_their_own_labels_templates_and_modes(
     bootstrap_servers: str, bart, tiny_bart_dir: str
 ) -> None:
     news_in, news_out, news_dlq, mood_in, mood_out, mood_dlq = fresh(
-        "news", "news.out", "news.dlq", "mood", "mood.out", "mood.dlq",
+        "news",
+        "news.out",
+        "news.dlq",
+        "mood",
+        "mood.out",
+        "mood.dlq",
         bootstrap_servers=bootstrap_servers,
     )
     topics = [
@@ -73,7 +78,9 @@ def test_two_topics_with_their_own_labels_templates_and_modes(
         mood_in,
         [orjson.dumps({"id": f"m{i}", "quote": t}) for i, t in enumerate(moods)],
     )
-    settings = make_settings(bootstrap_servers, f"g-{uuid.uuid4().hex}", topics, model={"name": str(tiny_bart_dir)})
+    settings = make_settings(
+        bootstrap_servers, f"g-{uuid.uuid4().hex}", topics, model={"name": str(tiny_bart_dir)}
+    )
     with running(settings, bart):
         outputs = read(bootstrap_servers, [news_out, mood_out, news_dlq, mood_dlq], 40)
 
@@ -99,7 +106,9 @@ def test_two_topics_with_their_own_labels_templates_and_modes(
             assert event["quote"] == moods[index]
             assert result["multi_label"] is True
             assert result["predicted"] == [
-                label for label, score in zip(result["labels"], result["scores"]) if score >= 0.4
+                label
+                for label, score in zip(result["labels"], result["scores"], strict=True)
+                if score >= 0.4
             ]
             assert_scores_match(result, expected_moods[index])
         assert result["source"]["topic"] in (news_in, mood_in)
@@ -117,8 +126,9 @@ def test_hundreds_of_real_texts_match_the_pipeline_one_to_one(
         [orjson.dumps({"id": i, "text": t}) for i, t in enumerate(texts)],
         keys=[str(i).encode() for i in range(len(texts))],
     )
-    topics = [{"input": source, "output": sink, "dead_letter": dlq, "labels": labels,
-               "multi_label": True}]
+    topics = [
+        {"input": source, "output": sink, "dead_letter": dlq, "labels": labels, "multi_label": True}
+    ]
     settings = make_settings(bootstrap_servers, f"g-{uuid.uuid4().hex}", topics)
     with running(settings, bart):
         outputs = read(bootstrap_servers, [sink, dlq], len(texts))
@@ -153,8 +163,9 @@ def test_malformed_records_are_dead_lettered_and_their_neighbours_classified(
     for i, (bad, _) in enumerate(MALFORMED):
         values += [orjson.dumps({"id": i, "text": f"good text number {i}"}), bad]
         keys += [f"good-{i}".encode(), f"bad-{i}".encode()]
-    produce(bootstrap_servers, source, values, keys=keys,
-            headers=[[("origin", b"test")]] * len(values))
+    produce(
+        bootstrap_servers, source, values, keys=keys, headers=[[("origin", b"test")]] * len(values)
+    )
     topics = [{"input": source, "output": sink, "dead_letter": dlq, "labels": ["a", "b"]}]
     settings = make_settings(bootstrap_servers, f"g-{uuid.uuid4().hex}", topics)
     with running(settings, FakeClassifier()):
@@ -164,7 +175,7 @@ def test_malformed_records_are_dead_lettered_and_their_neighbours_classified(
     dead = sorted((o for o in outputs if o.topic == dlq), key=lambda o: o.key or b"")
     assert sorted(o.json()["id"] for o in good) == list(range(len(MALFORMED)))
     assert len(dead) == len(MALFORMED)
-    for output, (bad, reason) in zip(dead, MALFORMED):
+    for output in dead:
         index = int((output.key or b"").decode().split("-")[1])
         assert output.value == MALFORMED[index][0], "dead-lettered bytes are unchanged"
         assert output.headers["zsc.error.type"] == MALFORMED[index][1].encode()
@@ -180,10 +191,16 @@ def test_a_model_failure_dead_letters_only_the_event_it_failed_on(bootstrap_serv
     source, sink, dlq = fresh("in", "out", "dlq", bootstrap_servers=bootstrap_servers)
     texts = [f"fine text {i}" for i in range(10)]
     texts[4] = "this one is POISON for the model"
-    produce(bootstrap_servers, source, [orjson.dumps({"id": i, "text": t}) for i, t in enumerate(texts)])
+    produce(
+        bootstrap_servers, source, [orjson.dumps({"id": i, "text": t}) for i, t in enumerate(texts)]
+    )
     topics = [{"input": source, "output": sink, "dead_letter": dlq, "labels": ["a", "b"]}]
-    settings = make_settings(bootstrap_servers, f"g-{uuid.uuid4().hex}", topics,
-                             batching={"max_events": 10, "max_wait_ms": 200})
+    settings = make_settings(
+        bootstrap_servers,
+        f"g-{uuid.uuid4().hex}",
+        topics,
+        batching={"max_events": 10, "max_wait_ms": 200},
+    )
     with running(settings, FakeClassifier(fail_on="POISON")):
         outputs = read(bootstrap_servers, [sink, dlq], len(texts))
 

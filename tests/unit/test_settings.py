@@ -81,7 +81,11 @@ def test_bad_values_name_the_key_and_reason(
     [
         ("{input: a, output: b, labels: []}", "topics.0.labels", "at least 1 item"),
         ("{input: a, output: b, labels: [x, x]}", "topics.0.labels", "distinct"),
-        ("{input: a, output: b, labels: [x], hypothesis_template: nope}", "hypothesis_template", "{}"),
+        (
+            "{input: a, output: b, labels: [x], hypothesis_template: nope}",
+            "hypothesis_template",
+            "{}",
+        ),
         ("{input: a, output: a, labels: [x]}", "topics.0", "must differ from the input"),
         ("{input: a, output: b, labels: [x], threshold: 2}", "topics.0.threshold", "less than"),
         ("{output: b, labels: [x]}", "topics.0.input", "Field required"),
@@ -96,7 +100,7 @@ def test_bad_topics_name_the_key_and_reason(
 
 
 def test_topics_are_required_and_inputs_distinct(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="topics: Field required"):
+    with pytest.raises(ConfigError, match=r"topics: Field required"):
         load_settings(write(tmp_path, "metrics_port: 0\n"), environ={})
     twice = MINIMAL + "  - {input: posts, output: other, labels: [x]}\n"
     with pytest.raises(ConfigError, match="each input topic may appear once"):
@@ -113,5 +117,5 @@ def test_unreadable_or_invalid_files_are_config_errors(tmp_path: Path) -> None:
 
 
 def test_bad_environment_value_names_the_key(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="batching.max_tokens"):
+    with pytest.raises(ConfigError, match=r"batching\.max_tokens"):
         load_settings(write(tmp_path, MINIMAL), environ={"ZSC_MAX_BATCH_TOKENS": "lots"})

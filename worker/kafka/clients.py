@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +12,9 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from config.settings import Settings
 from worker import errors
+
+# See producer_config: how long a dead worker's transaction can block readers.
+TRANSACTION_TIMEOUT_MS = 15_000
 
 RebalanceCallback = Callable[[Consumer, list[TopicPartition]], None]
 
@@ -38,6 +43,8 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "partition.assignment.strategy": "cooperative-sticky",
     }
     if settings.processing_guarantee == "exactly-once":
+        # Offsets are committed inside the producer's transactions instead.
+        config["enable.auto.commit"] = False
         # Outputs of aborted transactions must never reach the worker either,
         # when it reads a topic that another transactional worker writes.
         config["isolation.level"] = "read_committed"
@@ -55,6 +62,15 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         # A batch's outputs are produced together; a few ms lets them share requests.
         "linger.ms": 5,
     }
+    if settings.processing_guarantee == "exactly-once":
+        instance = settings.kafka.consumer.get("group.instance.id")
+        config["transactional.id"] = transactional_id(
+            settings.kafka.group_id, str(instance) if instance else None
+        )
+        # A killed worker's open transaction holds back read_committed readers of
+        # its output partitions until the broker times it out: keep that short.
+        # Transactions here last one batch's produce and commit, well under it.
+        config["transaction.timeout.ms"] = TRANSACTION_TIMEOUT_MS
     config.update(settings.kafka.producer)
     return config
 
@@ -81,6 +97,18 @@ def make_producer(settings: Settings) -> Producer:
         return Producer(producer_config(settings))
     except KafkaException as exc:
         raise translate(exc, "cannot create the producer") from None
+
+
+def transactional_id(group_id: str, instance_id: str | None) -> str:
+    """A transactional id unique to this worker, stable across restarts when it can be.
+
+    With static membership (`group.instance.id`) the id is stable, so a restarted
+    instance fences its predecessor and aborts its open transaction at once;
+    otherwise host and process make it unique, and the broker aborts a dead
+    instance's transaction after `transaction.timeout.ms`.
+    """
+    suffix = instance_id or f"{socket.gethostname()}-{os.getpid()}"
+    return f"zsc-worker-{group_id}-{suffix}"
 
 
 def translate(exc: KafkaException, doing: str) -> errors.KafkaError:
