@@ -1,0 +1,77 @@
+"""The test double of the classifier: deterministic scores without torch or a model."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from worker.errors import InferenceError
+from worker.nli.base import EncodedEvent, Scores, Task
+from worker.nli.labels import LabelIds
+from worker.nli.scoring import zero_shot_scores
+
+# The class order of valhalla/distilbart-mnli-12-3: contradiction, neutral, entailment.
+FAKE_LABEL_IDS = LabelIds(entailment_id=2, contradiction_id=0)
+FAKE_CLASSES = 3
+# Logits spread over [-LOGIT_RANGE, LOGIT_RANGE] give scores from near 0 to near 1.
+LOGIT_RANGE = 4.0
+# The special tokens a BART pair adds: <s> premise </s></s> hypothesis </s>.
+FAKE_SPECIAL_TOKENS = 4
+
+
+def _fake_logits(text: str, hypothesis: str) -> list[float]:
+    """NLI logits that depend only on the pair, stable across runs and processes."""
+    pair = f"{text}\x00{hypothesis}".encode()
+    digest = hashlib.blake2b(pair, digest_size=2 * FAKE_CLASSES).digest()
+    units = [int.from_bytes(digest[2 * k : 2 * k + 2], "big") / 0xFFFF for k in range(FAKE_CLASSES)]
+    return [LOGIT_RANGE * (2.0 * u - 1.0) for u in units]
+
+
+class FakeClassifier:
+    """The test double of `NLIClassifier`, for tests of everything around the model.
+
+    Scores are a stable hash of (text, hypothesis) put through the real scoring
+    math, so they are deterministic, in [0, 1], and sum to 1 when single-label.
+    `pair_tokens` counts whitespace-separated words plus a pair's special tokens.
+    `delay_s` makes every `classify` call take that long (a slow accelerator);
+    `fail_on` makes `classify` raise `InferenceError` when an event's text
+    contains it. `batch_sizes` records how many events each call received.
+    """
+
+    def __init__(
+        self, model_name: str = "fake-nli", *, delay_s: float = 0.0, fail_on: str | None = None
+    ) -> None:
+        self._model_name = model_name
+        self.delay_s = delay_s
+        self.fail_on = fail_on
+        self.batch_sizes: list[int] = []
+
+    @property
+    def model_name(self) -> str:
+        """The model name reported in every output."""
+        return self._model_name
+
+    def encode(self, text: str, task: Task) -> EncodedEvent:
+        """Count the tokens of each pair; no tokenizer."""
+        words = len(text.split())
+        pair_tokens = tuple(words + len(h.split()) + FAKE_SPECIAL_TOKENS for h in task.hypotheses())
+        return EncodedEvent(text=text, task=task, premise=text, pair_tokens=pair_tokens)
+
+    def classify(self, events: Sequence[EncodedEvent]) -> list[Scores]:
+        """Score every event from the hash of its pairs; one `Scores` per event, in order."""
+        self.batch_sizes.append(len(events))
+        if self.delay_s > 0:
+            time.sleep(self.delay_s)
+        if self.fail_on is not None and any(self.fail_on in e.text for e in events):
+            raise InferenceError(f"fake inference failure: an event contains {self.fail_on!r}")
+        results = []
+        for event in events:
+            logits = np.array(
+                [_fake_logits(event.text, h) for h in event.task.hypotheses()], dtype=np.float32
+            )
+            scores = zero_shot_scores(logits, FAKE_LABEL_IDS, event.task.multi_label)
+            results.append(Scores(tuple(scores.tolist())))
+        return results
