@@ -49,7 +49,7 @@ schemas: $(STAMP)
 # The demo on the embedded broker. With no MODEL it uses the default hub model; where
 # the hub cannot be reached it says so, and this falls back to a small randomly
 # initialised local model so the pipeline still runs end to end (its scores mean nothing).
-demo: $(STAMP)
+demo: $(STAMP) fortunes
 ifneq ($(MODEL),)
 	$(PY) -m worker demo --model "$(MODEL)"
 else

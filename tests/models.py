@@ -279,3 +279,27 @@ def build_deberta(
     _spread_logits(model, model.classifier, tokenizer)
     model.save_pretrained(path)
     return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m tests.models bart|deberta --out DIR`: write a random-weight model directory.
+
+    The demo falls back to one where the hub cannot be reached; benchmarks use
+    `--size full` for distilbart-mnli-12-3's exact shape.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tests.models", description=main.__doc__)
+    parser.add_argument("family", choices=["bart", "deberta"])
+    parser.add_argument("--out", required=True, type=Path, help="directory to write")
+    parser.add_argument("--size", choices=["tiny", "full"], default="tiny", help="bart only")
+    args = parser.parse_args(argv)
+    if args.family == "bart":
+        build_bart(args.out, size=args.size)
+    else:
+        build_deberta(args.out)
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -98,10 +98,7 @@ def _run(args: argparse.Namespace) -> int:
         server.start()
     try:
         classifier = load_classifier(
-            settings.model.name,
-            settings.model.device,
-            settings.model.dtype,
-            settings.batching.max_tokens,
+            settings.model.name, settings.model.device, settings.model.dtype
         )
         Worker(settings, classifier, metrics, health).run(stop)
     finally:

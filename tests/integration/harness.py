@@ -192,7 +192,7 @@ def pipeline_scores(
     """transformers' own zero-shot pipeline on the same model, in float32: the reference."""
     from transformers import pipeline
 
-    classifier = pipeline("zero-shot-classification", model=model_dir, device="cpu")
+    classifier = pipeline("zero-shot-classification", model=str(model_dir), device="cpu")
     results = classifier(
         list(texts),
         candidate_labels=list(labels),
