@@ -12,11 +12,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from worker.errors import ConfigError
 
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 DEFAULT_MODEL = "valhalla/distilbart-mnli-12-3"
 DEFAULT_TEMPLATE = "This example is {}."
 # Texts longer than this are dead-lettered: the model sees at most ~1,000 tokens
@@ -39,7 +48,44 @@ ENV_KEYS: dict[str, tuple[str, ...]] = {
     "ZSC_SHUTDOWN_TIMEOUT_S": ("shutdown_timeout_s",),
 }
 
+# librdkafka properties from the environment: `ZSC_KAFKA_SASL_PASSWORD` sets
+# `sasl.password` for both clients, `ZSC_KAFKA_CONSUMER_<NAME>` and
+# `ZSC_KAFKA_PRODUCER_<NAME>` for one of them. No settable librdkafka property
+# has an underscore in its name, so "_" stands for "." unambiguously.
+KAFKA_ENV_PREFIXES: dict[str, str] = {
+    "ZSC_KAFKA_CONSUMER_": "consumer",
+    "ZSC_KAFKA_PRODUCER_": "producer",
+    "ZSC_KAFKA_": "properties",
+}
+
 LibrdkafkaValue = str | int | float | bool
+# A librdkafka property as held in the settings: secrets wrapped so that no repr,
+# log line or error message shows them (see `is_secret_property`).
+PropertyValue = LibrdkafkaValue | SecretStr
+
+# Words that mark a librdkafka property as a secret: sasl.password,
+# ssl.key.password, ssl.keystore.password, sasl.oauthbearer.client.secret,
+# the passphrase of an assertion key...
+SECRET_WORDS = ("password", "secret", "passphrase")
+# Secrets whose names do not say so: PEM private keys, and the OAUTHBEARER
+# config string, which may carry credentials.
+SECRET_PROPERTIES = frozenset(
+    {"ssl.key.pem", "sasl.oauthbearer.assertion.private.key.pem", "sasl.oauthbearer.config"}
+)
+
+
+def is_secret_property(name: str) -> bool:
+    """Whether a librdkafka property holds a secret that must never be shown."""
+    return name in SECRET_PROPERTIES or any(word in name for word in SECRET_WORDS)
+
+
+def _hide_secrets(properties: dict[str, PropertyValue]) -> dict[str, PropertyValue]:
+    return {
+        name: SecretStr(str(value))
+        if is_secret_property(name) and not isinstance(value, SecretStr)
+        else value
+        for name, value in properties.items()
+    }
 
 
 class _Section(BaseModel):
@@ -47,16 +93,30 @@ class _Section(BaseModel):
 
 
 class KafkaSettings(_Section):
-    """Where the brokers are and which consumer group the workers share."""
+    """Where the brokers are, which consumer group the workers share, how to connect.
 
-    bootstrap_servers: str = Field("127.0.0.1:9092", min_length=1)
+    `properties` go to both clients (security settings belong there); `consumer`
+    and `producer` to one client each and win over `properties`. Values of secret
+    properties (`is_secret_property`) are held as `SecretStr`.
+    """
+
+    bootstrap_servers: str = Field(DEFAULT_BOOTSTRAP, min_length=1)
     group_id: str = Field("zsc-worker", min_length=1)
-    consumer: dict[str, LibrdkafkaValue] = Field(
+    properties: dict[str, PropertyValue] = Field(
+        default_factory=dict,
+        description="librdkafka properties of both clients (security.protocol, sasl.*, ssl.*).",
+    )
+    consumer: dict[str, PropertyValue] = Field(
         default_factory=dict, description="Extra librdkafka consumer properties, passed through."
     )
-    producer: dict[str, LibrdkafkaValue] = Field(
+    producer: dict[str, PropertyValue] = Field(
         default_factory=dict, description="Extra librdkafka producer properties, passed through."
     )
+
+    @field_validator("properties", "consumer", "producer")
+    @classmethod
+    def _secrets_hidden(cls, properties: dict[str, PropertyValue]) -> dict[str, PropertyValue]:
+        return _hide_secrets(properties)
 
 
 class ModelSettings(_Section):
@@ -228,6 +288,16 @@ def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
     for name, path in ENV_KEYS.items():
         if name in environ:
             _deep_merge(layer, _nest({".".join(path): environ[name]}))
+    kafka: dict[str, dict[str, str]] = {}
+    for name, value in environ.items():
+        # The most specific prefix first: ZSC_KAFKA_CONSUMER_ before ZSC_KAFKA_.
+        for prefix, section in KAFKA_ENV_PREFIXES.items():
+            if name.startswith(prefix) and len(name) > len(prefix):
+                property_name = name[len(prefix) :].lower().replace("_", ".")
+                kafka.setdefault(section, {})[property_name] = value
+                break
+    if kafka:
+        _deep_merge(layer, {"kafka": kafka})
     return layer
 
 

@@ -8,11 +8,19 @@ import signal
 import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import TextIO
 
 import orjson
 
-from config.settings import DEFAULT_MODEL, DEFAULT_TEMPLATE, check_template, load_settings
+from config.settings import (
+    DEFAULT_BOOTSTRAP,
+    DEFAULT_MODEL,
+    DEFAULT_TEMPLATE,
+    check_template,
+    load_settings,
+)
+from schemas import SCHEMAS, schema_documents
 from worker import errors, serde
 from worker.nli.base import Classifier, Task
 
@@ -71,6 +79,37 @@ def _parser() -> argparse.ArgumentParser:
         "--bootstrap-servers", help="use this broker instead of starting the embedded one"
     )
     demo.set_defaults(handler=_demo)
+
+    schema = commands.add_parser("schema", help="print the JSON Schemas of the events")
+    schema.add_argument(
+        "name", nargs="?", choices=sorted(SCHEMAS), help="one schema (default: all, by name)"
+    )
+    schema.set_defaults(handler=_schema)
+
+    produce = commands.add_parser("produce", help="send the events of a JSON-lines file")
+    produce.add_argument("file", type=Path, metavar="FILE.jsonl")
+    produce.add_argument("--topic", required=True)
+    produce.add_argument("--bootstrap-servers", default=DEFAULT_BOOTSTRAP)
+    produce.add_argument("--key-field", help="use this field of each event as the record key")
+    produce.set_defaults(handler=_produce)
+
+    tail = commands.add_parser(
+        "tail", help="print enriched events as they arrive (a table on a terminal)"
+    )
+    tail.add_argument("--topic", required=True, action="append", help="repeat for several")
+    tail.add_argument("--bootstrap-servers", default=DEFAULT_BOOTSTRAP)
+    tail.add_argument("--from-beginning", action="store_true", help="not only new records")
+    tail.add_argument("--max", type=int, dest="max_records", help="stop after this many")
+    tail.add_argument(
+        "--idle-timeout", type=float, help="stop after this many seconds without a record"
+    )
+    tail.add_argument(
+        "--format",
+        choices=["auto", "table", "json"],
+        default="auto",
+        help="auto: a table on a terminal, JSON lines otherwise",
+    )
+    tail.set_defaults(handler=_tail)
     return parser
 
 
@@ -176,6 +215,42 @@ def _print_results(classifier: Classifier, task: Task, texts: list[str], out: Te
         line = {"sequence": text, "labels": labels, "scores": scores}
         out.write(orjson.dumps(line).decode() + "\n")
     out.flush()
+
+
+def _schema(args: argparse.Namespace) -> int:
+    documents = schema_documents()
+    if args.name:
+        sys.stdout.write(documents[f"{args.name}.schema.json"])
+    else:
+        combined = {name: orjson.loads(documents[f"{name}.schema.json"]) for name in SCHEMAS}
+        sys.stdout.write(orjson.dumps(combined, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
+def _produce(args: argparse.Namespace) -> int:
+    from worker.tools import produce_file
+
+    sent = produce_file(
+        args.bootstrap_servers, args.file, args.topic, args.key_field, sys.stderr.isatty()
+    )
+    print(f"{sent} events sent to {args.topic}", file=sys.stderr)
+    return 0
+
+
+def _tail(args: argparse.Namespace) -> int:
+    from worker.tools import tail
+
+    as_table = args.format == "table" or (args.format == "auto" and sys.stdout.isatty())
+    tail(
+        args.bootstrap_servers,
+        args.topic,
+        sys.stdout,
+        as_table=as_table,
+        from_beginning=args.from_beginning,
+        max_records=args.max_records,
+        idle_timeout_s=args.idle_timeout,
+    )
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

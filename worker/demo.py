@@ -9,21 +9,21 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any, TextIO
+from typing import TextIO
 
 import orjson
 from confluent_kafka import Consumer, Producer
 
 from config.settings import Settings
 from worker import errors
-from worker.app import ERROR_TYPE, Worker
+from worker.app import Worker
 from worker.kafka.admin import ensure_topics
+from worker.tools import ResultRow, print_table
 
 # The demo gives up waiting for results after this long (a cold CPU model is slow).
 RESULTS_TIMEOUT_S = 300.0
 # Tansu's group join waits about half the session timeout: keep it short.
 DEMO_SESSION_TIMEOUT_MS = 6000
-TEXT_WIDTH = 58
 
 POSTS = [
     "The striker scored twice in the last ten minutes to win the cup final.",
@@ -103,7 +103,8 @@ def run_demo(model: str, bootstrap_servers: str | None, out: TextIO = sys.stdout
             thread.join()
         if failure:
             raise errors.ZscError(f"the worker failed: {failure[0]}")
-    _print_table(results, out)
+    print(file=out)
+    print_table(sorted(results, key=lambda row: (row.topic, row.text)), out)
     return 0
 
 
@@ -133,8 +134,8 @@ def _produce_samples(servers: str) -> int:
 
 def _collect(
     servers: str, settings: Settings, expected: int, failure: list[BaseException]
-) -> list[tuple[str, dict[str, Any] | None, str]]:
-    """(topic, output event or None, dead-letter reason) for every sample."""
+) -> list[ResultRow]:
+    """A table row for the output or dead-letter record of every sample."""
     consumer = Consumer(
         {
             "bootstrap.servers": servers,
@@ -144,39 +145,18 @@ def _collect(
         }
     )
     consumer.subscribe([name for t in settings.topics for name in (t.output, t.dead_letter)])
-    results: list[tuple[str, dict[str, Any] | None, str]] = []
+    results: list[ResultRow] = []
     deadline = time.monotonic() + RESULTS_TIMEOUT_S
     try:
         while len(results) < expected and time.monotonic() < deadline and not failure:
             message = consumer.poll(0.5)
             if message is None or message.error():
                 continue
-            topic = message.topic() or ""
-            headers = dict(message.headers() or [])
-            if ERROR_TYPE in headers:
-                reason = (headers[ERROR_TYPE] or b"").decode()
-                results.append((topic, None, reason))
-            else:
-                results.append((topic, orjson.loads(message.value() or b"{}"), ""))
+            results.append(
+                ResultRow.from_record(message.topic() or "", message.value(), message.headers())
+            )
     finally:
         consumer.close()
     if len(results) < expected and not failure:
         raise errors.ZscError(f"only {len(results)} of {expected} results arrived in time")
     return results
-
-
-def _print_table(results: list[tuple[str, dict[str, Any] | None, str]], out: TextIO) -> None:
-    print(f"\n{'topic':<22} {'text':<{TEXT_WIDTH}} top labels", file=out)
-    print("-" * (24 + TEXT_WIDTH + 40), file=out)
-    for topic, event, reason in sorted(results, key=lambda r: (r[0], r[2])):
-        if event is None:
-            print(f"{topic:<22} {'(dead-lettered)':<{TEXT_WIDTH}} {reason}", file=out)
-            continue
-        result = event["classification"]
-        text = event["text"]
-        text = text if len(text) <= TEXT_WIDTH else text[: TEXT_WIDTH - 1] + "…"
-        tops = ", ".join(
-            f"{lbl} {s:.2f}"
-            for lbl, s in zip(result["labels"][:3], result["scores"][:3], strict=True)
-        )
-        print(f"{topic:<22} {text:<{TEXT_WIDTH}} {tops}", file=out)
