@@ -45,6 +45,7 @@ ENV_KEYS: dict[str, tuple[str, ...]] = {
     "ZSC_PROCESSING_GUARANTEE": ("processing_guarantee",),
     "ZSC_METRICS_PORT": ("metrics_port",),
     "ZSC_LOG_LEVEL": ("log_level",),
+    "ZSC_LOG_FORMAT": ("log_format",),
     "ZSC_SHUTDOWN_TIMEOUT_S": ("shutdown_timeout_s",),
 }
 
@@ -205,6 +206,9 @@ class Settings(BaseSettings):
     processing_guarantee: Literal["at-least-once", "exactly-once"] = "at-least-once"
     metrics_port: int = Field(9108, ge=0, le=65535, description="0 turns the HTTP server off.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: one JSON object per line, for log collectors."
+    )
     shutdown_timeout_s: float = Field(
         30.0, gt=0, description="Longest wait for the in-flight batch and deliveries at shutdown."
     )

@@ -1,4 +1,4 @@
-"""The `zsc-worker` command: run, classify, demo."""
+"""The `zsc-worker` command: run, classify, demo, schema, produce, tail."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from config.settings import (
 )
 from schemas import SCHEMAS, schema_documents
 from worker import errors, serde
+from worker.logs import configure_logging
 from worker.nli.base import Classifier, Task
 
 log = logging.getLogger("worker")
@@ -126,9 +127,7 @@ def _run(args: argparse.Namespace) -> int:
             "model.name": args.model,
         },
     )
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     stop = _stop_on_signals()
     metrics, health = Metrics(), Health()
     server = None

@@ -119,3 +119,8 @@ def test_unreadable_or_invalid_files_are_config_errors(tmp_path: Path) -> None:
 def test_bad_environment_value_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"batching\.max_tokens"):
         load_settings(write(tmp_path, MINIMAL), environ={"ZSC_MAX_BATCH_TOKENS": "lots"})
+
+
+def test_log_format_from_the_environment(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, MINIMAL), environ={"ZSC_LOG_FORMAT": "json"})
+    assert settings.log_format == "json"

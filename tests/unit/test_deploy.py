@@ -1,0 +1,191 @@
+"""The compose file and the Kubernetes manifests agree with the settings and with each other.
+
+No Docker engine or cluster runs here, so these parse the files and cross-check
+names, ports, environment keys, topics and partitions.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from config.settings import ENV_KEYS, KAFKA_ENV_PREFIXES, Settings, load_settings
+
+ROOT = Path(__file__).parents[2]
+KUBERNETES = ROOT / "deploy" / "kubernetes"
+TOPIC_SPEC = re.compile(r"([\w.]+):(\d+)")
+
+
+def load_all(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def manifests() -> dict[tuple[str, str], dict[str, Any]]:
+    found = {}
+    for path in sorted(KUBERNETES.glob("*.yaml")):
+        for doc in load_all(path):
+            found[(path.name, doc["kind"])] = doc
+    return found
+
+
+def known_env(name: str) -> bool:
+    return name in ENV_KEYS or any(name.startswith(prefix) for prefix in KAFKA_ENV_PREFIXES)
+
+
+def created_partitions(script: str) -> dict[str, int]:
+    """The topics a creation script makes, with their partition counts."""
+    loop = re.search(r"for t in ([^;]+);", script)
+    assert loop, "the script creates its topics in a `for t in name:partitions ...` loop"
+    return {name: int(count) for name, count in TOPIC_SPEC.findall(loop.group(1))}
+
+
+def all_topics(settings: Settings) -> set[str]:
+    return {name for t in settings.topics for name in (t.input, t.output, t.dead_letter)}
+
+
+# --- docker-compose.yml ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_runs_apache_kafka_in_kraft_mode(compose: dict[str, Any]) -> None:
+    kafka = compose["services"]["kafka"]
+    assert kafka["image"].startswith("apache/kafka:")
+    env = kafka["environment"]
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == 1
+    assert env["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"] == 1
+
+
+def test_compose_worker_scales_and_its_settings_are_real(compose: dict[str, Any]) -> None:
+    worker = compose["services"]["worker"]
+    assert worker["deploy"]["replicas"] >= 1
+    assert "container_name" not in worker, "a fixed name would stop --scale"
+    env = worker["environment"]
+    assert all(known_env(name) for name in env), sorted(n for n in env if not known_env(n))
+    assert str(env["ZSC_METRICS_PORT"]) in [str(p) for p in worker["expose"]]
+    listener = compose["services"]["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    assert f"//{env['ZSC_BOOTSTRAP_SERVERS']}" in listener
+    mounted = {v.split(":")[0]: v.split(":")[1] for v in worker["volumes"]}
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f'"--config", "{mounted["./config/example.yaml"]}"' in dockerfile
+    grace = float(worker["stop_grace_period"].rstrip("s"))
+    settings = load_settings(ROOT / "config" / "example.yaml", environ={})
+    assert grace > settings.shutdown_timeout_s, "compose must wait for the graceful shutdown"
+
+
+def test_compose_creates_every_topic_of_the_example_config(compose: dict[str, Any]) -> None:
+    script = compose["services"]["topics"]["command"][0]
+    partitions = created_partitions(script)
+    settings = load_settings(ROOT / "config" / "example.yaml", environ={})
+    assert all_topics(settings) <= set(partitions), all_topics(settings) - set(partitions)
+    for topic in settings.topics:
+        assert partitions[topic.input] > 1, "input topics have partitions for workers to share"
+
+
+def test_compose_profiles_for_monitoring_and_sample_events(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert services["prometheus"]["profiles"] == ["monitoring"]
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    [job] = scrape["scrape_configs"]
+    [sd] = job["dns_sd_configs"]
+    assert sd["names"] == ["worker"] and sd["port"] == int(
+        services["worker"]["environment"]["ZSC_METRICS_PORT"]
+    )
+    producer = services["producer"]
+    assert producer["profiles"] == ["producer"]
+    assert producer["command"][0] == "produce"
+    sample = producer["command"][1].replace("/samples/", "")
+    assert (ROOT / "deploy" / "samples" / sample).is_file()
+
+
+# --- deploy/kubernetes --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def k8s() -> dict[tuple[str, str], dict[str, Any]]:
+    return manifests()
+
+
+@pytest.fixture(scope="module")
+def configured(k8s: dict[tuple[str, str], dict[str, Any]], tmp_path_factory) -> Settings:
+    config = k8s[("configmap.yaml", "ConfigMap")]["data"]["config.yaml"]
+    path = tmp_path_factory.mktemp("k8s") / "config.yaml"
+    path.write_text(config)
+    return load_settings(path, environ={})
+
+
+@pytest.mark.parametrize("variant", ["deployment.yaml", "deployment-gpu.yaml"])
+def test_deployment_probes_port_grace_and_static_membership(
+    k8s: dict[tuple[str, str], dict[str, Any]], configured: Settings, variant: str
+) -> None:
+    deployment = k8s[(variant, "Deployment")]
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["metrics"] == configured.metrics_port
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert pod["terminationGracePeriodSeconds"] > configured.shutdown_timeout_s
+    env = {e["name"]: e for e in container["env"]}
+    assert all(known_env(name) for name in env), sorted(n for n in env if not known_env(n))
+    instance = env["ZSC_KAFKA_CONSUMER_GROUP_INSTANCE_ID"]["valueFrom"]["fieldRef"]
+    assert instance["fieldPath"] == "metadata.name"
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert container["args"][-1] == f"{mounts['config']}/config.yaml"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert (
+        volumes["config"]["configMap"]["name"]
+        == k8s[("configmap.yaml", "ConfigMap")]["metadata"]["name"]
+    )
+    assert container["resources"]["limits"]["memory"]
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_the_gpu_variant_asks_for_a_gpu_and_larger_batches(
+    k8s: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    [container] = k8s[("deployment-gpu.yaml", "Deployment")]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["ZSC_DEVICE"] == "cuda"
+    assert int(env["ZSC_MAX_BATCH_TOKENS"]) > 8192
+
+
+def test_keda_scales_the_deployment_on_the_groups_lag_within_the_partitions(
+    k8s: dict[tuple[str, str], dict[str, Any]], configured: Settings
+) -> None:
+    scaled = k8s[("scaledobject.yaml", "ScaledObject")]
+    assert scaled["apiVersion"].startswith("keda.sh/")
+    assert (
+        scaled["spec"]["scaleTargetRef"]["name"]
+        == k8s[("deployment.yaml", "Deployment")]["metadata"]["name"]
+    )
+    triggers = scaled["spec"]["triggers"]
+    assert {t["type"] for t in triggers} == {"kafka"}
+    inputs = {t.input for t in configured.topics}
+    assert {t["metadata"]["topic"] for t in triggers} == inputs
+    for trigger in triggers:
+        assert trigger["metadata"]["consumerGroup"] == configured.kafka.group_id
+        assert trigger["metadata"]["bootstrapServers"] == configured.kafka.bootstrap_servers
+        assert int(trigger["metadata"]["lagThreshold"]) > 0
+    job = k8s[("topics-job.yaml", "Job")]
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    partitions = created_partitions(container["args"][0])
+    assert all_topics(configured) <= set(partitions)
+    assert scaled["spec"]["maxReplicaCount"] <= min(partitions[name] for name in inputs)
+
+
+def test_kustomization_lists_the_manifests(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
+    listed = set(k8s[("kustomization.yaml", "Kustomization")]["resources"])
+    assert listed == {name for name, _ in k8s} - {"kustomization.yaml", "deployment-gpu.yaml"}
