@@ -309,7 +309,8 @@ class ApacheKafkaBroker(EmbeddedBroker):
         self._run_step(
             "formatting the KRaft storage",
             [java, *FORMAT_JVM_OPTIONS, "-cp", classpath, "kafka.tools.StorageTool", "format",
-             "-t", new_cluster_id(), "-c", str(config)],
+             # "=": a random id may start with "-", which would read as an option.
+             f"--cluster-id={new_cluster_id()}", "-c", str(config)],
             timeout_s=FORMAT_TIMEOUT_S,
         )  # fmt: skip
         return Launch(
