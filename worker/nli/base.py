@@ -6,18 +6,78 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+import numpy.typing as npt
+
+from worker.nli.labels import LabelIds
+from worker.nli.scoring import zero_shot_scores
+
+
+@dataclass(frozen=True, slots=True)
+class LabelGroup:
+    """Labels scored together in their own mode, beside the task's main labels."""
+
+    name: str
+    labels: tuple[str, ...]
+    multi_label: bool
+
 
 @dataclass(frozen=True, slots=True)
 class Task:
-    """What one event is classified against: its labels, template and mode."""
+    """What one event is classified against: labels, templates, mode, groups, calibration.
+
+    `hypothesis_template` is one template or several (an ensemble: a label's
+    score is the mean of the scores each template alone gives). A label listed
+    in `own_hypotheses` uses its own hypothesis instead of the templates.
+    `temperature` divides the logits before every softmax (calibration).
+    """
 
     labels: tuple[str, ...]
-    hypothesis_template: str
+    hypothesis_template: str | tuple[str, ...]
     multi_label: bool
+    own_hypotheses: tuple[tuple[str, str], ...] = ()
+    groups: tuple[LabelGroup, ...] = ()
+    temperature: float = 1.0
+
+    @property
+    def templates(self) -> tuple[str, ...]:
+        """The hypothesis templates, one or more."""
+        template = self.hypothesis_template
+        return (template,) if isinstance(template, str) else template
+
+    def label_hypotheses(self, labels: Sequence[str]) -> list[list[str]]:
+        """For each label, its hypothesis under each template (rows: labels)."""
+        own = dict(self.own_hypotheses)
+        return [
+            [own[label] if label in own else template.format(label) for template in self.templates]
+            for label in labels
+        ]
 
     def hypotheses(self) -> tuple[str, ...]:
-        """The hypothesis of each label, in label order."""
-        return tuple(self.hypothesis_template.format(label) for label in self.labels)
+        """Every distinct hypothesis the event is paired with, in a fixed order."""
+        every = [h for row in self.label_hypotheses(self.labels) for h in row]
+        for group in self.groups:
+            every += [h for row in self.label_hypotheses(group.labels) for h in row]
+        return tuple(dict.fromkeys(every))
+
+    def score(self, logits: npt.NDArray[np.floating], label_ids: LabelIds) -> Scores:
+        """Scores from the logits of `hypotheses()` (one row each, one column per class)."""
+        row_of = {h: i for i, h in enumerate(self.hypotheses())}
+        scaled = logits.astype(np.float64) / self.temperature
+
+        def ensemble(labels: Sequence[str], multi_label: bool) -> tuple[float, ...]:
+            rows = np.array([[row_of[h] for h in row] for row in self.label_hypotheses(labels)])
+            per_template = [
+                zero_shot_scores(scaled[rows[:, t]], label_ids, multi_label)
+                for t in range(rows.shape[1])
+            ]
+            return tuple(np.mean(per_template, axis=0).tolist())
+
+        return Scores(
+            scores=ensemble(self.labels, self.multi_label),
+            groups=tuple(ensemble(g.labels, g.multi_label) for g in self.groups),
+            logits=tuple(tuple(row) for row in logits.astype(np.float64).tolist()),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,8 +85,8 @@ class EncodedEvent:
     """An event's text, tokenized once, with the length of each premise/hypothesis pair.
 
     `premise` is private to the classifier that made it; `pair_tokens[i]` is the
-    length of the pair for `task.labels[i]`, special tokens included, as the
-    model will see it (after truncation).
+    length of the pair for `task.hypotheses()[i]`, special tokens included, as
+    the model will see it (after truncation).
     """
 
     text: str
@@ -47,9 +107,16 @@ class EncodedEvent:
 
 @dataclass(frozen=True, slots=True)
 class Scores:
-    """One event's scores, aligned with `task.labels` (task order, not sorted)."""
+    """One event's scores.
+
+    `scores` is aligned with `task.labels` (task order, not sorted), `groups`
+    with `task.groups` (each aligned with its group's labels), and `logits`
+    holds the raw logits of each of `task.hypotheses()` (uncalibrated).
+    """
 
     scores: tuple[float, ...]
+    groups: tuple[tuple[float, ...], ...] = ()
+    logits: tuple[tuple[float, ...], ...] = ()
 
 
 class Classifier(Protocol):
@@ -58,6 +125,11 @@ class Classifier(Protocol):
     @property
     def model_name(self) -> str:
         """The model id or directory, as reported in every output."""
+        ...
+
+    @property
+    def label_ids(self) -> LabelIds:
+        """The model's entailment and contradiction classes."""
         ...
 
     def encode(self, text: str, task: Task) -> EncodedEvent:

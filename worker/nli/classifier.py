@@ -26,7 +26,6 @@ from worker.errors import ConfigError, InferenceError, ModelError
 from worker.nli.base import EncodedEvent, Scores, Task
 from worker.nli.labels import LabelIds, resolve_label_ids
 from worker.nli.loading import load_model, resolve_device, resolve_dtype
-from worker.nli.scoring import zero_shot_scores
 
 # Padded tokens per forward batch when the caller does not say. On a CPU the
 # matrix products already run at full speed with a few thousand tokens, and
@@ -287,10 +286,7 @@ class NLIClassifier:
             for (u, label), row_logits in zip(batch_rows, out, strict=True):
                 logits[u][label] = row_logits
 
-        scores = [
-            Scores(tuple(zero_shot_scores(lg, self._label_ids, e.task.multi_label).tolist()))
-            for lg, e in zip(logits, distinct, strict=True)
-        ]
+        scores = [e.task.score(lg, self._label_ids) for lg, e in zip(logits, distinct, strict=True)]
         return [scores[position[(e.text, e.task)]] for e in events]
 
     def _forward(

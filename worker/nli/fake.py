@@ -11,7 +11,6 @@ import numpy as np
 from worker.errors import InferenceError
 from worker.nli.base import EncodedEvent, Scores, Task
 from worker.nli.labels import LabelIds
-from worker.nli.scoring import zero_shot_scores
 
 # The class order of valhalla/distilbart-mnli-12-3: contradiction, neutral, entailment.
 FAKE_LABEL_IDS = LabelIds(entailment_id=2, contradiction_id=0)
@@ -54,6 +53,11 @@ class FakeClassifier:
         """The model name reported in every output."""
         return self._model_name
 
+    @property
+    def label_ids(self) -> LabelIds:
+        """The fake's entailment and contradiction classes."""
+        return FAKE_LABEL_IDS
+
     def encode(self, text: str, task: Task) -> EncodedEvent:
         """Count the tokens of each pair; no tokenizer."""
         words = len(text.split())
@@ -72,6 +76,5 @@ class FakeClassifier:
             logits = np.array(
                 [_fake_logits(event.text, h) for h in event.task.hypotheses()], dtype=np.float32
             )
-            scores = zero_shot_scores(logits, FAKE_LABEL_IDS, event.task.multi_label)
-            results.append(Scores(tuple(scores.tolist())))
+            results.append(event.task.score(logits, FAKE_LABEL_IDS))
         return results
