@@ -1,4 +1,4 @@
-"""The `zsc-worker` command: run, classify, demo, schema, produce, tail."""
+"""The `zsc-worker` command: run, classify, demo, calibrate, schema, produce, tail."""
 
 from __future__ import annotations
 
@@ -80,6 +80,28 @@ def _parser() -> argparse.ArgumentParser:
         "--bootstrap-servers", help="use this broker instead of starting the embedded one"
     )
     demo.set_defaults(handler=_demo)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="fit a topic's temperature and thresholds on labelled events"
+    )
+    calibrate.add_argument("--config", required=True, type=Path, help="YAML configuration file")
+    calibrate.add_argument("--topic", required=True, help="the input topic to calibrate")
+    calibrate.add_argument(
+        "--data", required=True, type=Path, help='JSON lines: {"text": ..., "labels": [...]}'
+    )
+    calibrate.add_argument("--model", help="overrides model.name")
+    calibrate.add_argument(
+        "--holdout", type=float, default=0.3, help="fraction held out to measure (default 0.3)"
+    )
+    calibrate.add_argument(
+        "--target-precision",
+        type=float,
+        help="thresholds: the lowest reaching this precision, instead of the best F1",
+    )
+    calibrate.add_argument(
+        "--write", action="store_true", help="store the result in the config file"
+    )
+    calibrate.set_defaults(handler=_calibrate)
 
     schema = commands.add_parser("schema", help="print the JSON Schemas of the events")
     schema.add_argument(
@@ -214,6 +236,24 @@ def _print_results(classifier: Classifier, task: Task, texts: list[str], out: Te
         line = {"sequence": text, "labels": labels, "scores": scores}
         out.write(orjson.dumps(line).decode() + "\n")
     out.flush()
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from worker.calibrate_command import report, run_calibration, write_calibration
+    from worker.nli.classifier import load_classifier
+
+    if not 0 < args.holdout < 1:
+        raise errors.ConfigError("--holdout: give a fraction between 0 and 1")
+    settings = load_settings(args.config, {"model.name": args.model})
+    classifier = load_classifier(settings.model.name, settings.model.device, settings.model.dtype)
+    result = run_calibration(
+        settings, args.topic, classifier, args.data, args.holdout, args.target_precision
+    )
+    report(result, sys.stdout)
+    if args.write:
+        write_calibration(args.config, args.topic, result)
+        print(f"written to {args.config}", file=sys.stdout)
+    return 0
 
 
 def _schema(args: argparse.Namespace) -> int:

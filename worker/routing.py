@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from config.settings import Settings, TopicSettings
-from worker.nli.base import Task
+from config.settings import LabelEntry, LabelSpec, Settings, TopicSettings, label_names_of
+from worker.nli.base import LabelGroup, Task
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """An extra destination of the enriched event, and when it applies."""
+
+    topic: str
+    label: str | None = None
+    min_score: float = 0.0
+    none_above: float | None = None
+
+    def matches(self, scores: Mapping[str, float]) -> bool:
+        """Whether the rule applies to an event with these scores (its main labels')."""
+        if self.none_above is not None:
+            return all(score < self.none_above for score in scores.values())
+        return self.label in scores and scores[self.label] >= self.min_score
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,26 +38,62 @@ class Route:
     text_field: str
     allow_event_labels: bool
     max_text_chars: int
+    thresholds: tuple[tuple[str, float], ...] = ()
+    group_thresholds: tuple[float, ...] = ()
+    include_logits: bool = False
+    rules: tuple[Rule, ...] = ()
 
     @classmethod
     def from_settings(cls, topic: TopicSettings) -> Route:
         """Build the route of one topic entry of the configuration."""
+        template = topic.hypothesis_template
+        groups = topic.label_groups.items()
+        entries = [*topic.labels, *(e for _, g in groups for e in g.labels)]
+        task = Task(
+            labels=tuple(topic.label_names),
+            hypothesis_template=template if isinstance(template, str) else tuple(template),
+            multi_label=topic.multi_label,
+            own_hypotheses=_own_hypotheses(entries),
+            groups=tuple(
+                LabelGroup(name, tuple(label_names_of(group.labels)), group.multi_label)
+                for name, group in groups
+            ),
+            temperature=topic.calibration.temperature,
+        )
         return cls(
             input=topic.input,
             output=topic.output,
             dead_letter=topic.dead_letter,
-            task=Task(tuple(topic.labels), topic.hypothesis_template, topic.multi_label),
+            task=task,
             threshold=topic.threshold,
             text_field=topic.text_field,
             allow_event_labels=topic.allow_event_labels,
             max_text_chars=topic.max_text_chars,
+            thresholds=tuple(topic.calibration.thresholds.items()),
+            group_thresholds=tuple(group.threshold for _, group in groups),
+            include_logits=topic.include_logits,
+            rules=tuple(
+                Rule(r.topic, r.label, r.min_score or 0.0, r.none_above) for r in topic.routes
+            ),
         )
 
     def task_for(self, event_labels: tuple[str, ...] | None) -> Task:
         """The event's own labels when it has some and the topic allows them, else the topic's."""
         if event_labels and self.allow_event_labels:
-            return Task(event_labels, self.task.hypothesis_template, self.task.multi_label)
+            return dataclasses.replace(self.task, labels=event_labels)
         return self.task
+
+    def threshold_of(self, label: str, default: float) -> float:
+        """The label's calibrated threshold, else `default`."""
+        return dict(self.thresholds).get(label, default)
+
+    def destinations(self, scores: Mapping[str, float]) -> list[str]:
+        """The route topics whose rules match these main-label scores."""
+        return [rule.topic for rule in self.rules if rule.matches(scores)]
+
+
+def _own_hypotheses(entries: list[LabelEntry]) -> tuple[tuple[str, str], ...]:
+    return tuple((e.name, e.hypothesis) for e in entries if isinstance(e, LabelSpec))
 
 
 class Router:
