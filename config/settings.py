@@ -220,6 +220,15 @@ class RouteSettings(_Section):
         return self
 
 
+class ResultCacheSettings(_Section):
+    """Scores of recently seen texts, reused instead of running the model again."""
+
+    max_entries: int = Field(
+        0, ge=0, description="Entries kept (least recently used go first); 0 turns it off."
+    )
+    ttl_s: float = Field(300.0, gt=0, description="How long an entry stays valid.")
+
+
 class TopicSettings(_Section):
     """One input topic: where its results go and what its events are classified against."""
 
@@ -318,6 +327,7 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         "text", description="json: one JSON object per line, for log collectors."
     )
+    result_cache: ResultCacheSettings = Field(default_factory=ResultCacheSettings)
     shutdown_timeout_s: float = Field(
         30.0, gt=0, description="Longest wait for the in-flight batch and deliveries at shutdown."
     )

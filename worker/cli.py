@@ -139,6 +139,7 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     from worker.app import Worker
     from worker.metrics import Health, Metrics, MetricsServer
+    from worker.nli.cache import CachingClassifier
     from worker.nli.classifier import load_classifier
 
     settings = load_settings(
@@ -157,9 +158,14 @@ def _run(args: argparse.Namespace) -> int:
         server = MetricsServer(metrics, health, settings.metrics_port)
         server.start()
     try:
-        classifier = load_classifier(
+        classifier: Classifier = load_classifier(
             settings.model.name, settings.model.device, settings.model.dtype
         )
+        cache = settings.result_cache
+        if cache.max_entries:
+            classifier = CachingClassifier(
+                classifier, cache.max_entries, cache.ttl_s, metrics.observe_cache_lookup
+            )
         Worker(settings, classifier, metrics, health).run(stop)
     finally:
         if server is not None:
