@@ -101,8 +101,12 @@ class KafkaSettings(_Section):
     properties (`is_secret_property`) are held as `SecretStr`.
     """
 
-    bootstrap_servers: str = Field(DEFAULT_BOOTSTRAP, min_length=1)
-    group_id: str = Field("zsc-worker", min_length=1)
+    bootstrap_servers: str = Field(
+        DEFAULT_BOOTSTRAP, min_length=1, description="Brokers, host:port[,host:port...]."
+    )
+    group_id: str = Field(
+        "zsc-worker", min_length=1, description="The consumer group the workers share."
+    )
     properties: dict[str, PropertyValue] = Field(
         default_factory=dict,
         description="librdkafka properties of both clients (security.protocol, sasl.*, ssl.*).",
@@ -125,7 +129,10 @@ class ModelSettings(_Section):
 
     name: str = Field(DEFAULT_MODEL, min_length=1, description="Hub id or local directory.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="auto: bfloat16 on CUDA (float16 without bf16) and on AMX CPUs, else float32.",
+    )
 
     @field_validator("device")
     @classmethod
@@ -321,9 +328,14 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
-    processing_guarantee: Literal["at-least-once", "exactly-once"] = "at-least-once"
+    processing_guarantee: Literal["at-least-once", "exactly-once"] = Field(
+        "at-least-once",
+        description="exactly-once: outputs and offsets in one Kafka transaction.",
+    )
     metrics_port: int = Field(9108, ge=0, le=65535, description="0 turns the HTTP server off.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Event texts are never logged at INFO."
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="json: one JSON object per line, for log collectors."
     )
