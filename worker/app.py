@@ -66,6 +66,8 @@ class Pending:
     event: serde.DecodedEvent | None = None
     encoded: EncodedEvent | None = None
     rejection: serde.Rejection | None = None
+    awaiting: int = 0
+    """Records of the event (output, routed copies, dead-letter) not yet acknowledged."""
 
     @property
     def tp(self) -> tuple[str, int]:
@@ -228,29 +230,42 @@ class Worker:
         assert pending.event is not None and pending.encoded is not None
         route, task = pending.route, pending.encoded.task
         result = serde.classification(
-            task.labels,
-            scores.scores,
-            multi_label=task.multi_label,
-            threshold=route.threshold,
+            route,
+            task,
+            scores,
             model=self.classifier.model_name,
-            hypothesis_template=task.hypothesis_template,
+            label_ids=self.classifier.label_ids,
             source=(pending.topic, pending.partition, pending.offset),
         )
         value = serde.encode_output(pending.event.body, result)
+        routed = route.destinations(dict(zip(task.labels, scores.scores, strict=True)))
+        topics = [route.output, *routed]
+        pending.awaiting += len(topics)
+        for topic in topics:
+            self._produce(
+                topic, value, pending.key, pending.headers, self._on_output(pending, topic)
+            )
+            self._acknowledge(pending, produced=True)
+
+    def _on_output(
+        self, pending: Pending, topic: str
+    ) -> Callable[[KafkaError | None, Message], None]:
+        """The delivery report of an output (or routed copy) of `pending` to `topic`."""
 
         def delivered(error: KafkaError | None, _message: Message) -> None:
             if error is None:
-                self.metrics.classified.labels(pending.topic).inc()
-                self._observe_end_to_end(pending)
+                if topic == pending.route.output:
+                    self.metrics.classified.labels(pending.topic).inc()
+                    self._observe_end_to_end(pending)
                 self._acknowledge(pending, produced=False)
             elif not self._live_checkpointer().ack_on_produce:
-                reason = f"the output topic {route.output!r} rejected it: {error.str()}"
+                pending.awaiting -= 1  # this record will never be acknowledged
+                reason = f"the topic {topic!r} rejected its output: {error.str()}"
                 self._dead_letter(pending, serde.Rejection(serde.OUTPUT_REJECTED, reason))
             else:
                 log.warning("output lost with its transaction, which aborts: %s", error.str())
 
-        self._produce(route.output, value, pending.key, pending.headers, delivered)
-        self._acknowledge(pending, produced=True)
+        return delivered
 
     def _dead_letter(self, pending: Pending, reason: serde.Rejection) -> None:
         headers: Headers = [
@@ -283,13 +298,17 @@ class Worker:
                     code=error.code(),
                 )
 
+        pending.awaiting += 1
         self._produce(pending.route.dead_letter, pending.value, pending.key, headers, delivered)
         self._acknowledge(pending, produced=True)
 
     def _acknowledge(self, pending: Pending, produced: bool) -> None:
-        """Mark the event's offset done: once produced (exactly-once) or delivered."""
+        """Mark the event's offset done once all its records are produced (exactly-once)
+        or delivered (at-least-once)."""
         if produced == self._live_checkpointer().ack_on_produce:
-            self._tracker.ack(pending.tp, pending.offset, pending.epoch)
+            pending.awaiting -= 1
+            if pending.awaiting <= 0:
+                self._tracker.ack(pending.tp, pending.offset, pending.epoch)
 
     def _produce(
         self,

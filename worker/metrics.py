@@ -77,6 +77,16 @@ class Metrics:
         self.inference_failures = Counter(
             "zsc_inference_failures_total", "Batches the model failed on.", registry=r
         )
+        self.cache_lookups = Counter(
+            "zsc_result_cache_lookups_total",
+            "Result cache lookups, by outcome (hit or miss).",
+            ["outcome"],
+            registry=r,
+        )
+
+    def observe_cache_lookup(self, hit: bool) -> None:
+        """Count one result cache lookup."""
+        self.cache_lookups.labels("hit" if hit else "miss").inc()
 
 
 class Health:
