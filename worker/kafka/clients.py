@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from pydantic import SecretStr
 
-from config.settings import Settings
+from config.settings import PropertyValue, Settings
 from worker import errors
 
 # See producer_config: how long a dead worker's transaction can block readers.
@@ -48,7 +49,8 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         # Outputs of aborted transactions must never reach the worker either,
         # when it reads a topic that another transactional worker writes.
         config["isolation.level"] = "read_committed"
-    config.update(settings.kafka.consumer)
+    config.update(_plain(settings.kafka.properties))
+    config.update(_plain(settings.kafka.consumer))
     return config
 
 
@@ -71,8 +73,17 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         # its output partitions until the broker times it out: keep that short.
         # Transactions here last one batch's produce and commit, well under it.
         config["transaction.timeout.ms"] = TRANSACTION_TIMEOUT_MS
-    config.update(settings.kafka.producer)
+    config.update(_plain(settings.kafka.properties))
+    config.update(_plain(settings.kafka.producer))
     return config
+
+
+def _plain(properties: Mapping[str, PropertyValue]) -> dict[str, Any]:
+    """Secrets revealed here only, at the door of librdkafka."""
+    return {
+        name: value.get_secret_value() if isinstance(value, SecretStr) else value
+        for name, value in properties.items()
+    }
 
 
 def make_consumer(
