@@ -25,7 +25,7 @@ from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerB
 from worker.errors import ConfigError, InferenceError, ModelError
 from worker.nli.base import EncodedEvent, Scores, Task
 from worker.nli.labels import LabelIds, resolve_label_ids
-from worker.nli.loading import load_model, resolve_device, resolve_dtype
+from worker.nli.loading import INT8, load_model, quantize_int8, resolve_device, resolve_dtype
 
 # Padded tokens per forward batch when the caller does not say. On a CPU the
 # matrix products already run at full speed with a few thousand tokens, and
@@ -34,7 +34,18 @@ CPU_MAX_BATCH_TOKENS = 4096
 # A GPU needs many rows in flight. distilbart-mnli-12-3's shape in bfloat16 on
 # an H200: 111k tokens/s at 8192, 298k at 32768, 344k at 65536 (2.0 GiB peak),
 # 358k at 131072 (3.6 GiB); past 65536 memory grows faster than throughput.
+# With batches queued without a wait each and the padding guard below, one
+# H200 run (bench/gpu.sh, after a warm pass) gave 586k tokens/s at 16384.
 CUDA_MAX_BATCH_TOKENS = 65536
+
+# Padding is work thrown away, so a batch also closes before a pair this much
+# shorter than its width, once it is big enough to run at full speed: from
+# MIN_BATCH_TOKENS real tokens. On two AVX2 cores a 1024x4096 float32 product
+# runs at ~70% of peak with 64 rows and ~90% from 256; 512 keeps clear of the
+# slope. A GPU needs far more rows (see CUDA_MAX_BATCH_TOKENS).
+MAX_PADDING = 0.1
+CPU_MIN_BATCH_TOKENS = 512
+CUDA_MIN_BATCH_TOKENS = 32768
 
 # Tokenized hypotheses kept for reuse. A topic has a handful of labels, but
 # events may bring their own, so the cache is bounded.
@@ -62,6 +73,11 @@ class _Pairs:
 def default_max_batch_tokens(device: torch.device) -> int:
     """The padded-token budget per forward batch that suits `device`."""
     return CUDA_MAX_BATCH_TOKENS if device.type == "cuda" else CPU_MAX_BATCH_TOKENS
+
+
+def default_min_batch_tokens(device: torch.device) -> int:
+    """The real tokens from which a batch on `device` runs at full speed (see MAX_PADDING)."""
+    return CUDA_MIN_BATCH_TOKENS if device.type == "cuda" else CPU_MIN_BATCH_TOKENS
 
 
 def position_limit(config: PretrainedConfig) -> int | None:
@@ -106,34 +122,50 @@ def fit_pair(
 
 
 def plan_batches(
-    lengths: Sequence[int], keys: Sequence[int], max_batch_tokens: int
+    lengths: Sequence[int],
+    keys: Sequence[int],
+    max_batch_tokens: int,
+    min_batch_tokens: int | None = None,
 ) -> list[list[int]]:
     """Cut pairs into forward batches whose padded size stays within the budget.
 
     Pairs are sorted longest first within each key, so a batch is padded to its
     first pair's length; a batch closes when one more pair would push
-    `longest * count` past `max_batch_tokens`. A pair longer than the budget
-    gets a batch of its own. Returns the pairs' indices, batch by batch.
+    `longest * count` past `max_batch_tokens`. Once it holds `min_batch_tokens`
+    real tokens (None: never), it also closes before a pair more than
+    MAX_PADDING shorter than its first. A pair longer than the budget gets a
+    batch of its own. Returns the pairs' indices, batch by batch.
     """
     order = sorted(range(len(lengths)), key=lambda i: (keys[i], -lengths[i]))
     batches: list[list[int]] = []
-    width = 0
+    width = real = 0
     for i in order:
         current = batches[-1] if batches else None
+        wasteful = (
+            min_batch_tokens is not None
+            and real >= min_batch_tokens
+            and lengths[i] < width * (1 - MAX_PADDING)
+        )
         if (
-            current
+            current is not None
             and keys[current[0]] == keys[i]
             and width * (len(current) + 1) <= max_batch_tokens
+            and not wasteful
         ):
             current.append(i)
+            real += lengths[i]
         else:
             batches.append([i])
-            width = lengths[i]
+            width = real = lengths[i]
     return batches
 
 
 class NLIClassifier:
-    """Zero-shot classification with an NLI model, scores equal to transformers' pipeline."""
+    """Zero-shot classification with an NLI model, scores equal to transformers' pipeline.
+
+    `max_batch_tokens` and `min_batch_tokens` shape the forward batches (see
+    `plan_batches`); None takes the model's device's default.
+    """
 
     def __init__(
         self,
@@ -141,6 +173,7 @@ class NLIClassifier:
         tokenizer: PreTrainedTokenizerBase,
         model: PreTrainedModel,
         max_batch_tokens: int | None = None,
+        min_batch_tokens: int | None = None,
     ) -> None:
         if max_batch_tokens is not None and max_batch_tokens <= 0:
             raise ConfigError(f"max_batch_tokens must be positive, got {max_batch_tokens}")
@@ -153,6 +186,7 @@ class NLIClassifier:
         self._label_ids: LabelIds = resolve_label_ids(config.label2id or {})
         self._num_labels = len(config.id2label or {})
         self._max_batch_tokens = max_batch_tokens or default_max_batch_tokens(model.device)
+        self._min_batch_tokens = min_batch_tokens or default_min_batch_tokens(model.device)
 
         # The loaded backend itself, not a copy: a JSON round trip can move
         # Unigram scores by an ulp and change how ties split a word (seen with
@@ -276,23 +310,30 @@ class NLIClassifier:
             [len(pairs[u].input_ids[label]) for u, label in rows],
             [pairs[u].batch_keys[label] for u, label in rows],
             self._max_batch_tokens,
+            self._min_batch_tokens,
         )
-        for batch in batches:
-            batch_rows = [rows[i] for i in batch]
-            out = self._forward(
-                [pairs[u].input_ids[label] for u, label in batch_rows],
-                [pairs[u].token_type_ids[label] for u, label in batch_rows],
-            )
-            for (u, label), row_logits in zip(batch_rows, out, strict=True):
-                logits[u][label] = row_logits
+        batch_rows = [[rows[i] for i in batch] for batch in batches]
+        with torch.inference_mode():
+            # Every batch is queued before any result is read: on a GPU the host
+            # pads the next batch while the device runs this one, and the call
+            # waits for the device once, not once per batch.
+            queued = [
+                self._forward(
+                    [pairs[u].input_ids[label] for u, label in these],
+                    [pairs[u].token_type_ids[label] for u, label in these],
+                )
+                for these in batch_rows
+            ]
+            gathered = self._gather(queued, len(rows))
+        in_batch_order = (row for these in batch_rows for row in these)
+        for (u, label), row_logits in zip(in_batch_order, gathered, strict=True):
+            logits[u][label] = row_logits
 
         scores = [e.task.score(lg, self._label_ids) for lg, e in zip(logits, distinct, strict=True)]
         return [scores[position[(e.text, e.task)]] for e in events]
 
-    def _forward(
-        self, input_ids: list[list[int]], token_type_ids: list[list[int]]
-    ) -> npt.NDArray[np.float32]:
-        """Run one batch of pairs, padded to its longest, and return its logits."""
+    def _forward(self, input_ids: list[list[int]], token_type_ids: list[list[int]]) -> torch.Tensor:
+        """Queue one batch of pairs, padded to its longest; its logits stay on the device."""
         width = max(len(ids) for ids in input_ids)
         # Right padding whatever the tokenizer's padding side: absolute position
         # embeddings (BART) number tokens from the left, padding or not.
@@ -307,13 +348,32 @@ class NLIClassifier:
         if self._uses_token_types:
             arrays["token_type_ids"] = types_array
         try:
-            with torch.inference_mode():
-                inputs = {name: torch.from_numpy(a).to(self.device) for name, a in arrays.items()}
-                logits = self._model(**inputs, **self._no_cache).logits
-                result: npt.NDArray[np.float32] = logits.float().cpu().numpy()
+            inputs = {name: self._to_device(a) for name, a in arrays.items()}
+            logits: torch.Tensor = self._model(**inputs, **self._no_cache).logits
         except (RuntimeError, ValueError, IndexError) as error:
             raise InferenceError(
                 f"inference failed on a batch of {len(input_ids)} pairs of up to {width} tokens "
+                f"on {self.device}: {type(error).__name__}: {error}"
+            ) from None
+        return logits
+
+    def _to_device(self, array: npt.NDArray[np.int64]) -> torch.Tensor:
+        tensor = torch.from_numpy(array)
+        if self.device.type != "cuda":
+            return tensor
+        # From page-locked memory the copy is asynchronous: the host goes on padding.
+        return tensor.pin_memory().to(self.device, non_blocking=True)
+
+    def _gather(self, queued: list[torch.Tensor], pairs: int) -> npt.NDArray[np.float32]:
+        """Wait for every queued batch and bring their logits to the host, rows in batch order."""
+        if not queued:
+            return np.empty((0, self._num_labels), dtype=np.float32)
+        try:
+            result: npt.NDArray[np.float32] = torch.cat(queued).float().cpu().numpy()
+        except (RuntimeError, ValueError) as error:
+            # Kernels run asynchronously on a GPU: a failure may only show here.
+            raise InferenceError(
+                f"inference failed on {pairs} pairs in {len(queued)} batches "
                 f"on {self.device}: {type(error).__name__}: {error}"
             ) from None
         return result
@@ -331,9 +391,17 @@ def load_classifier(
     """Load model `name` (hub id or directory) and wrap it as a classifier.
 
     `device` is auto | cpu | cuda | cuda:N, `dtype` auto | float32 | bfloat16 |
-    float16; `max_batch_tokens` None picks the device's default budget.
-    Raises `ModelError` when the model cannot be loaded or is not an NLI model.
+    float16, or int8 (CPU only, opt-in: see `loading.INT8`); `max_batch_tokens`
+    None picks the device's default budget. Raises `ModelError` when the model
+    cannot be loaded or is not an NLI model.
     """
     torch_device = resolve_device(device)
-    loaded = load_model(name, torch_device, resolve_dtype(dtype, torch_device))
-    return NLIClassifier(name, loaded.tokenizer, loaded.model, max_batch_tokens=max_batch_tokens)
+    if dtype.strip().lower() != INT8:
+        loaded = load_model(name, torch_device, resolve_dtype(dtype, torch_device))
+        return NLIClassifier(name, loaded.tokenizer, loaded.model, max_batch_tokens)
+    if torch_device.type != "cpu":
+        raise ModelError(
+            f"dtype {INT8!r} is for the CPU only; on {torch_device} use 'bfloat16' or 'float16'"
+        )
+    loaded = load_model(name, torch_device, torch.float32)
+    return NLIClassifier(name, loaded.tokenizer, quantize_int8(loaded.model), max_batch_tokens)
