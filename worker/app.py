@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import orjson
 from confluent_kafka import (
-    OFFSET_BEGINNING,
     Consumer,
     KafkaError,
     KafkaException,
@@ -23,16 +23,25 @@ from worker import errors, serde
 from worker.batching import Batch, MicroBatcher
 from worker.checkpoint import Checkpointer, OffsetCommitter, TransactionalCommitter
 from worker.inference import Completed, InferenceRunner
-from worker.kafka.clients import make_consumer, make_producer, translate
+from worker.kafka.clients import (
+    DeliveryFailure,
+    broker_unreachable,
+    delivery_failure,
+    make_consumer,
+    make_producer,
+    translate,
+)
 from worker.kafka.records import Headers
 from worker.metrics import Health, Metrics
 from worker.nli.base import Classifier, EncodedEvent, Scores
 from worker.offsets import OffsetTracker
+from worker.rejections import RecordId, RefusedRecords
 from worker.routing import Route, Router
 
 log = logging.getLogger(__name__)
 
-# Records fetched per consume() call: enough to fill a batch without starving the loop.
+# Records fetched per consume() call: enough to fill a batch without starving the
+# loop. Never more than the in-flight bound has room for (see IN_FLIGHT_BATCHES).
 CONSUME_MAX_RECORDS = 500
 # Longest the loop blocks in consume(), so finished batches are produced promptly.
 MAX_POLL_BLOCK_S = 0.02
@@ -42,6 +51,13 @@ MAX_POLL_BLOCK_S = 0.02
 IN_FLIGHT_BATCHES = 4
 # How often consumer lag is recomputed from the cached watermarks.
 LAG_INTERVAL_S = 5.0
+# While no broker is reachable, how often a metadata request checks whether one
+# answers again, and how long it may block the loop (nothing flows meanwhile).
+PROBE_INTERVAL_S = 1.0
+PROBE_TIMEOUT_S = 0.25
+# Longest wait for the producer's queue to drain around a record produced alone
+# (see worker.rejections): milliseconds on a healthy broker.
+ALONE_FLUSH_TIMEOUT_S = 2.0
 # Headers of a dead-lettered record.
 ERROR_TYPE = "zsc.error.type"
 ERROR_MESSAGE = "zsc.error.message"
@@ -74,6 +90,32 @@ class Pending:
         """Its topic and partition."""
         return self.topic, self.partition
 
+    @property
+    def source(self) -> tuple[str, int, int]:
+        """Its topic, partition and offset."""
+        return self.topic, self.partition, self.offset
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """A record an event produces: its output, a routed copy, or its dead-letter record."""
+
+    pending: Pending
+    topic: str
+    value: bytes | None
+    headers: Headers | None
+    rejection: serde.Rejection | None
+    """Why it is dead-lettered; None for an output."""
+    alone: bool = False
+    """Produced with nothing else in the producer's queue, so in a batch of its own."""
+    without_value: bool = False
+    """A dead-letter record sent again without the value its topic refused."""
+
+    @property
+    def id(self) -> RecordId:
+        """Which record this is, across redos."""
+        return RecordId(*self.pending.source, self.topic, self.without_value)
+
 
 def _encoded(pending: Pending) -> EncodedEvent | None:
     return pending.encoded
@@ -101,6 +143,14 @@ class Worker:
             batching.max_events, batching.max_tokens, batching.max_wait_ms / 1000, clock
         )
         self._tracker = OffsetTracker()
+        self._refused = RefusedRecords()
+        # At-least-once: records whose delivery failed, produced again next pass.
+        self._redo: list[Outgoing] = []
+        # Where each partition was first read since it was assigned: where a
+        # rewind restarts it when this worker has committed nothing of it yet.
+        self._first_read: dict[tuple[str, int], int] = {}
+        self._rewind_due = False
+        self._next_probe_at = 0.0
         self._runner: InferenceRunner[Pending] = InferenceRunner(classifier, _encoded)
         self._max_in_flight = IN_FLIGHT_BATCHES * batching.max_events
         self._paused = False
@@ -108,7 +158,6 @@ class Worker:
         self._assigned: frozenset[tuple[str, int]] = frozenset()
         self._fatal: errors.ZscError | None = None
         self._next_lag_at = 0.0
-        self._producer: Producer | None = None
         self._consumer: Consumer | None = None
         self._checkpointer: Checkpointer | None = None
 
@@ -119,21 +168,27 @@ class Worker:
 
     def run(self, stop: threading.Event) -> None:
         """Process until `stop` is set, then shut down cleanly (see `_shutdown`)."""
-        self._producer = make_producer(self.settings)
         self._consumer = make_consumer(
             self.settings,
             self._on_assign,
             self._on_revoke,
             self._on_lost,
             self._router.input_topics,
+            self._on_consumer_error,
         )
         if self.settings.processing_guarantee == "exactly-once":
             self._checkpointer = TransactionalCommitter(
-                self._consumer, self._producer, self._tracker, self._clock
+                self._consumer,
+                lambda: make_producer(self.settings, self._on_producer_error),
+                self._tracker,
+                self._clock,
             )
         else:
             self._checkpointer = OffsetCommitter(
-                self._consumer, self._producer, self._tracker, self.settings.shutdown_timeout_s
+                self._consumer,
+                make_producer(self.settings, self._on_producer_error),
+                self._tracker,
+                self.settings.shutdown_timeout_s,
             )
         self._checkpointer.start()
         self._runner.start()
@@ -149,17 +204,30 @@ class Worker:
 
     def _step(self) -> None:
         consumer, producer = self._live()
+        checkpointer = self._live_checkpointer()
         producer.poll(0)
-        for message in consumer.consume(CONSUME_MAX_RECORDS, self._poll_timeout()):
+        # Paused partitions return nothing, but the call keeps the consumer in its
+        # group (max.poll.interval.ms) and serves rebalances.
+        room = max(1, min(CONSUME_MAX_RECORDS, self._max_in_flight - self._tracker.in_flight()))
+        for message in consumer.consume(room, self._poll_timeout()):
             self._ingest(message)
+        # After the records a rebalance callback came with, which the rewind discards.
+        if self._rewind_due:
+            self._rewind()
         if (batch := self._batcher.due()) is not None:
             self._submit(batch)
-        for completed in self._runner.completed():
-            self._publish(completed)
-        if not self._live_checkpointer().checkpoint():
+        # While a transaction ends, results wait (and backpressure builds up).
+        if checkpointer.producing:
+            self._produce_again()
+            for completed in self._runner.completed():
+                self._publish(completed)
+        if not checkpointer.checkpoint():
             self._rewind()
+        if self._refused:
+            self._refused.prune(checkpointer.durable_positions())
         self._apply_backpressure()
         self._update_lag()
+        self._probe_broker()
 
     def _poll_timeout(self) -> float:
         until_due = self._batcher.seconds_until_due()
@@ -172,6 +240,7 @@ class Worker:
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         assert topic is not None and partition is not None and offset is not None
         self.metrics.consumed.labels(topic).inc()
+        self._first_read.setdefault((topic, partition), offset)
         epoch = self._tracker.track((topic, partition), offset)
         pending = Pending(
             topic,
@@ -193,8 +262,16 @@ class Worker:
         else:
             pending.event = decoded
             task = pending.route.task_for(decoded.labels)
-            pending.encoded = self.classifier.encode(decoded.text, task)
-            pairs, max_pair_tokens = pending.encoded.pair_count, pending.encoded.max_pair_tokens
+            try:
+                pending.encoded = self.classifier.encode(decoded.text, task)
+            except Exception as exc:
+                # The tokenizer runs here, on the polling thread: a text it cannot
+                # take is that event's problem, not the worker's.
+                reason = f"the text cannot be tokenized: {exc}"
+                pending.rejection = serde.Rejection(serde.INFERENCE_FAILED, reason)
+            else:
+                pairs = pending.encoded.pair_count
+                max_pair_tokens = pending.encoded.max_pair_tokens
         for batch in self._batcher.add(pending, pairs, max_pair_tokens):
             self._submit(batch)
 
@@ -205,6 +282,45 @@ class Worker:
             )
         else:
             log.warning("consumer: %s", error.str())
+
+    def _on_consumer_error(self, error: KafkaError) -> None:
+        """The consumer's error callback (served by consume)."""
+        if error.fatal():
+            self._fatal = errors.KafkaError(
+                f"the consumer failed: {error.str()}", code=error.code(), retriable=False
+            )
+        else:
+            self._on_client_error(error)
+
+    def _on_producer_error(self, error: KafkaError) -> None:
+        """The producer's error callback (served by poll and flush)."""
+        if error.fatal() and not self._live_checkpointer().ack_on_produce:
+            self._fatal = errors.KafkaError(
+                f"the producer failed: {error.str()}", code=error.code(), retriable=False
+            )
+        else:
+            # A transactional producer's fatal error reaches the checkpointer
+            # too, at its next call, and it replaces the producer.
+            self._on_client_error(error)
+
+    def _on_client_error(self, error: KafkaError) -> None:
+        if broker_unreachable(error):
+            self.health.broker_down(error.str())
+        else:
+            log.warning("kafka: %s", error.str())
+
+    def _probe_broker(self) -> None:
+        """While no broker is reachable, ask for metadata now and then: ready again if it comes."""
+        now = self._clock()
+        if self.health.broker_reachable.is_set() or now < self._next_probe_at:
+            return
+        self._next_probe_at = now + PROBE_INTERVAL_S
+        consumer, _ = self._live()
+        try:
+            consumer.list_topics(self._router.input_topics[0], timeout=PROBE_TIMEOUT_S)
+        except KafkaException:
+            return
+        self.health.broker_up()
 
     def _submit(self, batch: Batch[Pending]) -> None:
         self.metrics.batch_size.observe(len(batch.items))
@@ -237,37 +353,22 @@ class Worker:
             label_ids=self.classifier.label_ids,
             source=(pending.topic, pending.partition, pending.offset),
         )
-        value = serde.encode_output(pending.event.body, result)
-        routed = route.destinations(dict(zip(task.labels, scores.scores, strict=True)))
-        topics = [route.output, *routed]
+        try:
+            value = serde.encode_output(pending.event.body, result)
+        except orjson.JSONEncodeError as exc:
+            # orjson reads JSON nested 1024 deep but writes only 254 levels.
+            reason = f"the event cannot be written back as JSON: {exc}"
+            self._dead_letter(pending, serde.Rejection(serde.INVALID_JSON, reason))
+            return
+        scores_by_label = dict(zip(task.labels, scores.scores, strict=True))
+        topics = [route.output, *route.destinations(scores_by_label)]
         pending.awaiting += len(topics)
         for topic in topics:
-            self._produce(
-                topic, value, pending.key, pending.headers, self._on_output(pending, topic)
-            )
-            self._acknowledge(pending, produced=True)
+            self._send(Outgoing(pending, topic, value, pending.headers, None))
 
-    def _on_output(
-        self, pending: Pending, topic: str
-    ) -> Callable[[KafkaError | None, Message], None]:
-        """The delivery report of an output (or routed copy) of `pending` to `topic`."""
-
-        def delivered(error: KafkaError | None, _message: Message) -> None:
-            if error is None:
-                if topic == pending.route.output:
-                    self.metrics.classified.labels(pending.topic).inc()
-                    self._observe_end_to_end(pending)
-                self._acknowledge(pending, produced=False)
-            elif not self._live_checkpointer().ack_on_produce:
-                pending.awaiting -= 1  # this record will never be acknowledged
-                reason = f"the topic {topic!r} rejected its output: {error.str()}"
-                self._dead_letter(pending, serde.Rejection(serde.OUTPUT_REJECTED, reason))
-            else:
-                log.warning("output lost with its transaction, which aborts: %s", error.str())
-
-        return delivered
-
-    def _dead_letter(self, pending: Pending, reason: serde.Rejection) -> None:
+    def _dead_letter(
+        self, pending: Pending, reason: serde.Rejection, keep_value: bool = True
+    ) -> None:
         headers: Headers = [
             *(pending.headers or []),
             (ERROR_TYPE, reason.error_type.encode()),
@@ -283,24 +384,129 @@ class Worker:
             pending.offset,
             reason.error_type,
         )
+        pending.awaiting += 1
+        value = pending.value if keep_value else None
+        dead_letter = pending.route.dead_letter
+        self._send(
+            Outgoing(pending, dead_letter, value, headers, reason, without_value=not keep_value)
+        )
+
+    def _send(self, record: Outgoing) -> None:
+        """Produce an event's record: alone if its topic refused it in company, and if
+        it refused it alone, dead-letter the event instead (see worker.rejections)."""
+        if (refusal := self._refused.condemnation(record.id)) is not None:
+            self._refused_alone(record, refusal)
+        elif self._refused.suspected(record.id):
+            self._produce_alone(record)
+        else:
+            self._produce(record)
+
+    def _refused_alone(self, record: Outgoing, refusal: str) -> None:
+        """The topic refused the record itself: dead-letter the event instead.
+
+        A dead-letter record refused for good is sent again without its value
+        (too large even there, say): its headers still say where the input is.
+        One refused without a value stops the worker (nothing is committed past
+        it, so a restart retries it) rather than drop an event silently.
+        """
+        pending, rejection = record.pending, record.rejection
+        if rejection is not None and record.value is None:
+            self._fatal = errors.ProduceError(
+                f"dead-letter topic {record.topic!r} refused a record: {refusal}"
+            )
+            return
+        pending.awaiting -= 1  # this record will never be acknowledged
+        if rejection is None:
+            message = f"the output topic {record.topic!r} refused it: {refusal}"
+            self._dead_letter(pending, serde.Rejection(serde.OUTPUT_REJECTED, message))
+        else:
+            assert record.value is not None
+            message = (
+                f"{rejection.message}; the dead-letter topic refused the value "
+                f"({len(record.value)} bytes: {refusal}): read it at the source offset"
+            )
+            self._dead_letter(pending, serde.Rejection(rejection.error_type, message), False)
+
+    def _produce_alone(self, record: Outgoing) -> None:
+        """Produce with an empty queue before and after, so the record has a batch of its own."""
+        _, producer = self._live()
+        record.alone = producer.flush(ALONE_FLUSH_TIMEOUT_S) == 0
+        self._produce(record)
+        if producer.flush(ALONE_FLUSH_TIMEOUT_S) != 0:
+            record.alone = False  # still queued: what is produced next may join it
+
+    def _produce(self, record: Outgoing) -> None:
+        _, producer = self._live()
 
         def delivered(error: KafkaError | None, _message: Message) -> None:
-            if error is None:
-                self.metrics.dead_lettered.labels(pending.topic, reason.error_type).inc()
-                self._acknowledge(pending, produced=False)
-            elif self._live_checkpointer().ack_on_produce:
-                log.warning("dead-letter lost with its transaction, which aborts: %s", error.str())
-            else:
-                # Nothing is committed past this record, so a restart retries it.
-                self._fatal = errors.ProduceError(
-                    f"dead-letter topic {pending.route.dead_letter!r} rejected a record: "
-                    f"{error.str()}",
-                    code=error.code(),
-                )
+            self._delivered(record, error)
 
-        pending.awaiting += 1
-        self._produce(pending.route.dead_letter, pending.value, pending.key, headers, delivered)
-        self._acknowledge(pending, produced=True)
+        while True:
+            try:
+                producer.produce(
+                    record.topic,
+                    record.value,
+                    record.pending.key,
+                    headers=record.headers,
+                    on_delivery=delivered,
+                )
+                break
+            except BufferError:
+                # The local queue is full: serve delivery reports until it has room.
+                producer.poll(MAX_POLL_BLOCK_S)
+            except KafkaException as exc:
+                error = exc.args[0]
+                if delivery_failure(error) is DeliveryFailure.REJECTED:
+                    # Over the producer's own message.max.bytes: refused alone, at once.
+                    self._refused_alone(record, error.str())
+                    return
+                if (
+                    error.code() == KafkaError._STATE or error.fatal()
+                ) and not self._live_checkpointer().abandon():
+                    # A transaction that must abort (a record of it was refused)
+                    # or a fenced producer takes no more records: end it now and
+                    # redo its events. What is left of this pass belongs to the
+                    # old epochs.
+                    self._rewind()
+                    return
+                raise translate(exc, f"cannot produce to {record.topic!r}") from None
+        self._acknowledge(record.pending, produced=True)
+
+    def _delivered(self, record: Outgoing, error: KafkaError | None) -> None:
+        """A delivery report: acknowledge, or decide what the failure means."""
+        pending, checkpointer = record.pending, self._live_checkpointer()
+        if error is None:
+            self._refused.delivered(record.id)
+            self.health.broker_up()
+            if record.rejection is None and record.topic == pending.route.output:
+                self.metrics.classified.labels(pending.topic).inc()
+                self._observe_end_to_end(pending)
+            elif record.rejection is not None:
+                self.metrics.dead_lettered.labels(pending.topic, record.rejection.error_type).inc()
+            self._acknowledge(pending, produced=False)
+            return
+        failure = delivery_failure(error)
+        if failure is DeliveryFailure.FATAL:
+            self._fatal = errors.ProduceError(
+                f"topic {record.topic!r} refused a record: {error.str()}", code=error.code()
+            )
+            return
+        if failure is DeliveryFailure.REJECTED:
+            self._refused.refused(record.id, record.alone, error.str())
+        if checkpointer.ack_on_produce:
+            # Its transaction aborts at the next checkpoint; the redo retries it.
+            checkpointer.record_failed()
+            log.info("record for %s lost with its transaction: %s", pending.source, error.str())
+        elif self._tracker.is_current(pending.tp, pending.epoch):
+            log.info("record for %s to be produced again: %s", pending.source, error.str())
+            self._redo.append(record)
+
+    def _produce_again(self) -> None:
+        """At-least-once: produce the records whose delivery failed once more."""
+        redo, self._redo = self._redo, []
+        for record in redo:
+            if self._tracker.is_current(record.pending.tp, record.pending.epoch):
+                self._send(record)
 
     def _acknowledge(self, pending: Pending, produced: bool) -> None:
         """Mark the event's offset done once all its records are produced (exactly-once)
@@ -309,25 +515,6 @@ class Worker:
             pending.awaiting -= 1
             if pending.awaiting <= 0:
                 self._tracker.ack(pending.tp, pending.offset, pending.epoch)
-
-    def _produce(
-        self,
-        topic: str,
-        value: bytes | None,
-        key: bytes | None,
-        headers: Headers | None,
-        on_delivery: Callable[[KafkaError | None, Message], None],
-    ) -> None:
-        _, producer = self._live()
-        while True:
-            try:
-                producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
-                return
-            except BufferError:
-                # The local queue is full: serve delivery reports until it has room.
-                producer.poll(MAX_POLL_BLOCK_S)
-            except KafkaException as exc:
-                raise translate(exc, f"cannot produce to {topic!r}") from None
 
     def _observe_end_to_end(self, pending: Pending) -> None:
         if pending.timestamp_ms > 0:
@@ -354,8 +541,24 @@ class Worker:
         )
         if change:
             partitions = [TopicPartition(topic, partition) for topic, partition in change]
-            (consumer.pause if self._paused else consumer.resume)(partitions)
+            if self._paused:
+                consumer.pause(partitions)
+            else:
+                self._resume(consumer, partitions)
         self._paused_partitions = assignment if self._paused else set()
+
+    def _resume(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Resume, and fetch again at once from where each partition stands.
+
+        A pause drops what librdkafka prefetched of a partition, and after a
+        resume its fetcher may sleep for up to a second before fetching again:
+        with a backlog and backpressure cycling, that cut throughput thirtyfold.
+        A seek to the current position starts the fetch at once.
+        """
+        consumer.resume(partitions)
+        for tp in consumer.position(partitions):
+            if tp.offset >= 0:  # else nothing read yet: it starts from the commit
+                consumer.seek(tp)
 
     def _update_lag(self) -> None:
         now = self._clock()
@@ -377,21 +580,23 @@ class Worker:
         self.metrics.rebalances.labels("assign").inc()
         for tp in partitions:
             self._tracker.assign((tp.topic, tp.partition))
+            self._first_read.pop((tp.topic, tp.partition), None)
         self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
         self.health.group_joined.set()
         log.info("assigned %s", _describe(partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels("revoke").inc()
-        self._live_checkpointer().revoked(partitions)
+        if not self._live_checkpointer().revoked(partitions):
+            self._rewind_due = True
         self._forget(partitions)
         log.info("revoked %s", _describe(partitions))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels("lost").inc()
         self._forget(partitions)
-        if self._live_checkpointer().lost():
-            self._rewind()
+        if not self._live_checkpointer().lost():
+            self._rewind_due = True
         log.warning(
             "lost %s: their uncommitted events go to their next owner", _describe(partitions)
         )
@@ -401,50 +606,78 @@ class Worker:
         self._assigned -= gone
         for tp in gone:
             self._tracker.revoke(tp)
+            self._first_read.pop(tp, None)
+        self._refused.forget(gone)
         self._batcher.discard(lambda pending: pending.tp not in gone)
 
     def _rewind(self) -> None:
-        """Forget all work not yet durable and read again from the committed offsets."""
+        """Forget all work not yet durable and read each partition again from where it is.
+
+        Local only (the restart points are known here), so it works while the
+        broker is away: an aborted transaction during an outage is the usual case.
+        """
+        self._rewind_due = False
         consumer, _ = self._live()
-        assignment = consumer.assignment()
-        for tp in assignment:
-            self._tracker.assign((tp.topic, tp.partition))
+        durable = self._live_checkpointer().durable_positions()
+        restarts = []
+        for tp in self._assigned:
+            self._tracker.assign(tp)
+            offset = durable.get(tp, self._first_read.get(tp))
+            if offset is not None:  # None: nothing read since it was assigned
+                self._first_read[tp] = offset
+                restarts.append(TopicPartition(tp[0], tp[1], offset))
         self._batcher.discard(lambda pending: False)
+        self._redo.clear()
         try:
-            for tp in consumer.committed(assignment, timeout=self.settings.shutdown_timeout_s):
-                # No commit yet: from the start, as auto.offset.reset=earliest would.
-                offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-                consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+            for restart in restarts:
+                consumer.seek(restart)
         except KafkaException as exc:
             raise translate(exc, "cannot rewind to the committed offsets") from None
-        log.warning("rewound %s to the committed offsets", _describe(assignment))
+        log.warning("rewound %s to the committed offsets", _describe(restarts))
 
     def _shutdown(self) -> None:
-        """Finish the in-flight batches, deliver, commit, close; abandon what the timeout cuts."""
+        """Finish the in-flight batches, deliver, commit, close; abandon what the timeout cuts.
+
+        Work an aborted transaction takes with it is not redone here: the
+        partitions' next owner (or this worker's next start) redoes it.
+        """
         deadline = self._clock() + self.settings.shutdown_timeout_s
         consumer, producer = self._live()
+        checkpointer = self._live_checkpointer()
         try:
             if self._fatal is None:
                 if (batch := self._batcher.flush()) is not None:
                     self._submit(batch)
-                while self._runner.pending and self._clock() < deadline:
-                    for completed in self._runner.completed(timeout=MAX_POLL_BLOCK_S):
-                        self._publish(completed)
+                # Nothing more is read, but the consumer is still polled: waiting
+                # longer than max.poll.interval.ms would make it leave the group,
+                # and the group would refuse the final commit.
+                consumer.pause(consumer.assignment())
+                while (self._runner.pending or self._redo) and self._clock() < deadline:
+                    if checkpointer.producing:
+                        self._produce_again()
+                        for completed in self._runner.completed(timeout=MAX_POLL_BLOCK_S):
+                            self._publish(completed)
+                    elif not checkpointer.checkpoint():
+                        break
                     producer.poll(0)
+                    # Records of partitions assigned meanwhile are left uncommitted.
+                    consumer.consume(CONSUME_MAX_RECORDS, 0)
             remaining = producer.flush(max(0.0, deadline - self._clock()))
             if remaining:
                 log.warning(
                     "shutdown: %d records undelivered; their inputs stay uncommitted", remaining
                 )
-            self._live_checkpointer().checkpoint(force=True)
+            while checkpointer.checkpoint(force=True) and not checkpointer.producing:
+                if self._clock() >= deadline:
+                    break
         finally:
             self._runner.stop(timeout=max(0.0, deadline - self._clock()))
             consumer.close()
             log.info("worker stopped")
 
     def _live(self) -> tuple[Consumer, Producer]:
-        assert self._consumer is not None and self._producer is not None, "run() not started"
-        return self._consumer, self._producer
+        assert self._consumer is not None and self._checkpointer is not None, "run() not started"
+        return self._consumer, self._checkpointer.producer
 
     def _live_checkpointer(self) -> Checkpointer:
         assert self._checkpointer is not None, "run() not started"

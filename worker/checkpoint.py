@@ -7,16 +7,23 @@ Exactly-once: outputs and offsets go into one Kafka transaction. Outputs are
 produced in the input order of each partition, so at any moment the records
 of the open transaction are exactly those of the offsets below the positions
 it will commit; an offset counts as done as soon as its output is produced.
+A transaction that has to be aborted takes its outputs with it: the worker
+then rewinds to where it last committed (`durable_positions`) and redoes them.
+A transactional producer that fails for good (fenced: the coordinator aborts a
+transaction that outlives `transaction.timeout.ms`, say in a broker outage, and
+bumps the producer's epoch) is replaced by a new one with the same id.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from worker.kafka.clients import translate
 from worker.offsets import OffsetTracker
@@ -26,43 +33,77 @@ log = logging.getLogger(__name__)
 # A transaction is committed at most this often: each commit costs a round trip
 # to the coordinator, and read_committed readers see outputs only once it lands.
 TRANSACTION_INTERVAL_S = 0.1
-# Bound on one transactional call; a broker that stays away longer is an outage.
-TRANSACTION_TIMEOUT_S = 30.0
+# The wait for the coordinator at start-up, when there is nothing else to do.
+INIT_TIMEOUT_S = 30.0
+# Bound on one commit, abort or initialisation call in the loop. A healthy
+# coordinator answers in milliseconds; during an outage the call is retried on
+# the next pass, so the loop keeps polling (group membership, readiness).
+CALL_TIMEOUT_S = 2.0
+# Longest wait for the open transaction's records to be delivered before its
+# offsets are sent (see TransactionalCommitter.checkpoint); the commit is tried
+# again on the next pass.
+DELIVERY_WAIT_S = 1.0
+# Past this, a send_offsets_to_transaction call is deemed stuck and its producer
+# replaced (see _OffsetsCall). The call itself gives up after CALL_TIMEOUT_S,
+# or after transaction.timeout.ms (15 s) when a request to the coordinator
+# times out; this leaves room for both.
+SEND_OFFSETS_DEADLINE_S = 30.0
+
+Partition = tuple[str, int]
 
 
 class Checkpointer(Protocol):
-    """The delivery guarantee's part of the loop."""
+    """The delivery guarantee's part of the loop.
+
+    `checkpoint`, `revoked` and `lost` return False when work that was done is
+    lost (an aborted transaction): the caller then rewinds every partition to
+    its `durable_positions` entry (or where it started reading it) and redoes it.
+    """
 
     ack_on_produce: bool
     """True when producing an output is enough for its offset to be done."""
+
+    @property
+    def producer(self) -> Producer:
+        """The producer of outputs and dead-letter records, now."""
+        ...
+
+    @property
+    def producing(self) -> bool:
+        """Whether records may be produced now; not while a transaction ends."""
+        ...
 
     def start(self) -> None:
         """Prepare the producer (transactions) before the first record."""
         ...
 
     def checkpoint(self, force: bool = False) -> bool:
-        """Make done offsets durable when due (now if `force`); False if work was lost.
-
-        Returns False when the transaction had to be aborted: the caller rewinds
-        every partition to its committed offset.
-        """
+        """Make done offsets durable when due (now if `force`); False if work was lost."""
         ...
 
-    def revoked(self, partitions: list[TopicPartition]) -> None:
+    def revoked(self, partitions: list[TopicPartition]) -> bool:
         """Partitions are leaving: make what is done of them durable now."""
         ...
 
     def lost(self) -> bool:
-        """Partitions were lost: nothing not yet durable may become so.
+        """Partitions were lost: nothing not yet durable may become so."""
+        ...
 
-        True when that discarded the undurable work of the remaining partitions
-        too, which the caller must then rewind.
-        """
+    def abandon(self) -> bool:
+        """The open transaction refuses records (it must abort): give up its work."""
+        ...
+
+    def record_failed(self) -> None:
+        """A record of the open transaction was not delivered."""
+        ...
+
+    def durable_positions(self) -> Mapping[Partition, int]:
+        """Per partition, the position this worker made durable last (where a rewind restarts)."""
         ...
 
 
 def _positions(
-    tracker: OffsetTracker, assignment: list[TopicPartition], wanted: set[tuple[str, int]] | None
+    tracker: OffsetTracker, assignment: list[TopicPartition], wanted: set[Partition] | None
 ) -> list[TopicPartition]:
     offsets = []
     for tp in assignment:
@@ -77,12 +118,13 @@ class OffsetCommitter:
     """At-least-once: store done offsets for auto-commit; commit synchronously when asked."""
 
     ack_on_produce = False
+    producing = True
 
     def __init__(
         self, consumer: Consumer, producer: Producer, tracker: OffsetTracker, flush_timeout_s: float
     ) -> None:
         self._consumer = consumer
-        self._producer = producer
+        self.producer = producer
         self._tracker = tracker
         self._flush_timeout_s = flush_timeout_s
 
@@ -96,15 +138,28 @@ class OffsetCommitter:
             self._commit(None)
         return True
 
-    def revoked(self, partitions: list[TopicPartition]) -> None:
+    def revoked(self, partitions: list[TopicPartition]) -> bool:
         """Deliver what was produced, then commit the revoked partitions' done offsets."""
-        self._producer.flush(self._flush_timeout_s)
+        self.producer.flush(self._flush_timeout_s)
         self._store()
         self._commit({(tp.topic, tp.partition) for tp in partitions})
+        return True
 
     def lost(self) -> bool:
         """Nothing to undo: lost partitions' offsets are simply not committed."""
-        return False
+        return True
+
+    def abandon(self) -> bool:
+        """Nothing to give up: there are no transactions here."""
+        return True
+
+    def record_failed(self) -> None:
+        """Nothing to do: the worker produces the record again."""
+
+    def durable_positions(self) -> Mapping[Partition, int]:
+        """The delivered positions: nothing delivered is ever undone here."""
+        positions = _positions(self._tracker, self._consumer.assignment(), None)
+        return {(tp.topic, tp.partition): tp.offset for tp in positions}
 
     def _store(self) -> None:
         committable = self._tracker.take_committable()
@@ -117,7 +172,7 @@ class OffsetCommitter:
             # A partition revoked meanwhile: its new owner starts from the last commit.
             log.info("%s", translate(exc, "storing offsets"))
 
-    def _commit(self, wanted: set[tuple[str, int]] | None) -> None:
+    def _commit(self, wanted: set[Partition] | None) -> None:
         offsets = _positions(self._tracker, self._consumer.assignment(), wanted)
         if not offsets:
             return
@@ -127,37 +182,179 @@ class OffsetCommitter:
             log.warning("%s", translate(exc, "committing offsets"))
 
 
+class _Transaction(enum.Enum):
+    STARTING = "starting"
+    """The producer is to be initialised (fencing earlier ones) before a transaction opens."""
+    OPEN = "open"
+    """Records may be produced into it."""
+    SENDING = "sending"
+    """Its offsets are being sent, on a thread of their own (see `_OffsetsCall`)."""
+    COMMITTING = "committing"
+    """Its offsets are sent; the commit is to be completed."""
+    ABORTING = "aborting"
+    """The abort is to be completed."""
+
+
+class _OffsetsCall:
+    """send_offsets_to_transaction on a daemon thread of its own.
+
+    After a broker outage librdkafka (2.16) can wait for ever for the group
+    coordinator in this call, whatever timeout it is given. On a thread it
+    cannot hang the loop, which keeps polling, and past a deadline its producer
+    is replaced; the stuck call is left to its thread.
+    """
+
+    def __init__(
+        self,
+        producer: Producer,
+        offsets: list[TopicPartition],
+        metadata: object,
+        started_at: float,
+    ) -> None:
+        self.offsets = offsets
+        self.started_at = started_at
+        self.failure: KafkaException | None = None
+        self._done = threading.Event()
+        thread = threading.Thread(
+            target=self._send, args=(producer, metadata), name="zsc-send-offsets", daemon=True
+        )
+        thread.start()
+
+    def _send(self, producer: Producer, metadata: object) -> None:
+        try:
+            producer.send_offsets_to_transaction(self.offsets, metadata, CALL_TIMEOUT_S)
+        except KafkaException as exc:
+            self.failure = exc
+        finally:
+            self._done.set()
+
+    def wait(self, timeout_s: float) -> bool:
+        """Whether the call has returned, waiting up to `timeout_s` for it."""
+        return self._done.wait(timeout_s)
+
+
 class TransactionalCommitter:
-    """Exactly-once: outputs and consumed offsets committed in one transaction."""
+    """Exactly-once: outputs and consumed offsets committed in one transaction.
+
+    A commit, abort or initialisation the coordinator does not answer in time
+    is retried on the next `checkpoint`; until the transaction is open again,
+    `producing` is False. `make_producer` makes the transactional producer, at
+    start and to replace one that failed for good or got stuck.
+    """
 
     ack_on_produce = True
 
     def __init__(
         self,
         consumer: Consumer,
-        producer: Producer,
+        make_producer: Callable[[], Producer],
         tracker: OffsetTracker,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._consumer = consumer
-        self._producer = producer
+        self._make_producer = make_producer
+        self._producer = make_producer()
         self._tracker = tracker
         self._clock = clock
+        self._state = _Transaction.STARTING
         self._opened_at = 0.0
-        self._committed: dict[tuple[str, int], int] = {}
+        self._sending: _OffsetsCall | None = None
+        self._committed: dict[Partition, int] = {}
+        self._record_failed = False
+
+    @property
+    def producer(self) -> Producer:
+        """The transactional producer, now (see `_replace_producer`)."""
+        return self._producer
+
+    @property
+    def producing(self) -> bool:
+        """Whether a transaction is open for records."""
+        return self._state is _Transaction.OPEN
 
     def start(self) -> None:
         """Fence earlier instances of this transactional id and open the first transaction."""
         try:
-            self._producer.init_transactions(TRANSACTION_TIMEOUT_S)
+            self._producer.init_transactions(INIT_TIMEOUT_S)
         except KafkaException as exc:
             raise translate(exc, "cannot initialise transactions") from None
         self._begin()
 
     def checkpoint(self, force: bool = False) -> bool:
-        """Commit the open transaction with the done positions, when due."""
-        if not force and self._clock() - self._opened_at < TRANSACTION_INTERVAL_S:
+        """Commit the open transaction with the done positions when due; finish a pending end.
+
+        With `force` (revocation, shutdown) it waits for offsets being sent.
+        """
+        # For these two, the rewind was asked for when they began.
+        if self._state is _Transaction.STARTING:
+            self._try_init()
             return True
+        if self._state is _Transaction.ABORTING:
+            self._try_abort()
+            return True
+        if self._state is _Transaction.OPEN:
+            if not force and self._clock() - self._opened_at < TRANSACTION_INTERVAL_S:
+                return True
+            if not self._send_offsets():
+                return not self._record_failed or self.abandon()
+        if self._state is _Transaction.SENDING:
+            sent = self._sent_offsets(SEND_OFFSETS_DEADLINE_S if force else 0.0)
+            if sent is not True:
+                return sent is None
+        try:
+            self._producer.commit_transaction(CALL_TIMEOUT_S)
+        except KafkaException as exc:
+            return self._recover(exc, "committing the transaction")
+        assert self._sending is not None
+        assigned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+        for tp in self._sending.offsets:
+            if (tp.topic, tp.partition) in assigned:
+                self._committed[(tp.topic, tp.partition)] = tp.offset
+        self._begin()
+        return True
+
+    def revoked(self, partitions: list[TopicPartition]) -> bool:
+        """Commit now, so the revoked partitions' next owner starts after our outputs."""
+        kept = self.checkpoint(force=True)
+        for tp in partitions:
+            self._committed.pop((tp.topic, tp.partition), None)
+        if not kept:
+            log.warning("transaction aborted at revocation: the new owners redo its events")
+        return kept
+
+    def lost(self) -> bool:
+        """Abort: the open transaction may hold outputs of partitions we no longer own.
+
+        A commit already under way is completed instead: its offsets were
+        accepted for the generation that owned them, and they match its outputs.
+        """
+        if self._state in (_Transaction.SENDING, _Transaction.COMMITTING, _Transaction.STARTING):
+            return True
+        return self.abandon()
+
+    def abandon(self) -> bool:
+        """Abort the open transaction (retried until the coordinator answers); its work is lost."""
+        if (
+            self._state is _Transaction.SENDING
+            and self._sent_offsets(SEND_OFFSETS_DEADLINE_S) is False
+        ):
+            return False  # stuck: the producer was replaced, which aborts the transaction
+        if self._state is not _Transaction.STARTING:
+            self._state = _Transaction.ABORTING
+            self._try_abort()
+        return False
+
+    def record_failed(self) -> None:
+        """The open transaction cannot commit: it is aborted at the next checkpoint."""
+        self._record_failed = True
+
+    def durable_positions(self) -> Mapping[Partition, int]:
+        """The positions committed by this worker since it was assigned each partition."""
+        return self._committed
+
+    def _send_offsets(self) -> bool:
+        """Start sending the done positions, unless there are none or the records are not
+        all delivered yet, or one failed (then `_record_failed`). True once started."""
         # Every produced record advanced a position, so unchanged positions
         # mean an empty transaction: nothing to commit.
         offsets = [
@@ -165,51 +362,90 @@ class TransactionalCommitter:
             for tp in _positions(self._tracker, self._consumer.assignment(), None)
             if self._committed.get((tp.topic, tp.partition)) != tp.offset
         ]
-        if not offsets:
-            return True
-        try:
-            self._producer.send_offsets_to_transaction(
-                offsets, self._consumer.consumer_group_metadata(), TRANSACTION_TIMEOUT_S
-            )
-            self._producer.commit_transaction(TRANSACTION_TIMEOUT_S)
-        except KafkaException as exc:
-            return self._recover(exc)
-        self._committed.update({(tp.topic, tp.partition): tp.offset for tp in offsets})
-        self._begin()
+        # Every record delivered first, or its failure known: offsets sent to a
+        # transaction that turns abortable meanwhile (a record refused,
+        # librdkafka's epoch bump after an abort) can block the call for good.
+        if not offsets or self._producer.flush(DELIVERY_WAIT_S) > 0 or self._record_failed:
+            if self._record_failed:
+                log.warning("aborting the transaction: a record of it was not delivered")
+            return False
+        metadata = self._consumer.consumer_group_metadata()
+        self._sending = _OffsetsCall(self._producer, offsets, metadata, self._clock())
+        self._state = _Transaction.SENDING
         return True
 
-    def revoked(self, partitions: list[TopicPartition]) -> None:
-        """Commit now, so the revoked partitions' next owner starts after our outputs."""
-        if not self.checkpoint(force=True):
-            log.warning("transaction aborted at revocation: the new owners redo its events")
-
-    def lost(self) -> bool:
-        """Abort: the open transaction may hold outputs of partitions we no longer own."""
-        self._abort()
+    def _sent_offsets(self, timeout_s: float) -> bool | None:
+        """Whether the offsets are sent (then COMMITTING); None while the call runs (or
+        failed retriably: then the transaction is open again). False when the
+        transaction was lost: the call failed for good, or got stuck and the
+        producer was replaced."""
+        sending = self._sending
+        assert sending is not None
+        if not sending.wait(timeout_s):
+            waited = max(timeout_s, self._clock() - sending.started_at)
+            if waited < SEND_OFFSETS_DEADLINE_S:
+                return None
+            message = f"sending the offsets took over {SEND_OFFSETS_DEADLINE_S:.0f} s"
+            self._replace_producer(KafkaError(KafkaError._TIMED_OUT, message))
+            return False
+        if sending.failure is not None:
+            self._state = _Transaction.OPEN
+            return None if self._recover(sending.failure, "sending the offsets") else False
+        self._state = _Transaction.COMMITTING
         return True
 
     def _begin(self) -> None:
-        self._producer.begin_transaction()
+        try:
+            self._producer.begin_transaction()
+        except KafkaException as exc:
+            raise translate(exc, "cannot begin a transaction") from None
+        self._state = _Transaction.OPEN
         self._opened_at = self._clock()
+        self._record_failed = False
 
-    def _recover(self, exc: KafkaException) -> bool:
+    def _recover(self, exc: KafkaException, doing: str) -> bool:
         error = exc.args[0]
         if error.fatal():
-            raise translate(
-                exc, "the transactional producer failed (fenced by a newer instance?)"
-            ) from None
+            self._replace_producer(error)
+            return False
         if error.txn_requires_abort():
             log.warning("aborting the transaction: %s", error.str())
-            self._abort()
-            return False
+            return self.abandon()
         if error.retriable():
-            log.warning("transaction commit will be retried: %s", error.str())
+            log.warning("%s will be retried: %s", doing, error.str())
             return True
-        raise translate(exc, "committing the transaction") from None
+        raise translate(exc, doing) from None
 
-    def _abort(self) -> None:
+    def _try_abort(self) -> None:
         try:
-            self._producer.abort_transaction(TRANSACTION_TIMEOUT_S)
+            self._producer.abort_transaction(CALL_TIMEOUT_S)
         except KafkaException as exc:
-            raise translate(exc, "cannot abort the transaction") from None
+            error = exc.args[0]
+            if error.fatal():
+                self._replace_producer(error)
+            elif error.retriable():
+                log.warning("aborting the transaction will be retried: %s", error.str())
+            else:
+                raise translate(exc, "cannot abort the transaction") from None
+            return
+        self._begin()
+
+    def _replace_producer(self, error: KafkaError) -> None:
+        """A new producer with the same transactional id: its initialisation aborts what the
+        old one left open. Whatever the old one still holds is dropped with it."""
+        log.error("the transactional producer failed for good, replacing it: %s", error.str())
+        old, self._producer = self._producer, self._make_producer()
+        old.purge()
+        self._state = _Transaction.STARTING
+        self._try_init()
+
+    def _try_init(self) -> None:
+        try:
+            self._producer.init_transactions(CALL_TIMEOUT_S)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if not error.retriable() or error.fatal():
+                raise translate(exc, "cannot initialise transactions") from None
+            log.warning("initialising transactions will be retried: %s", error.str())
+            return
         self._begin()
