@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -18,6 +19,8 @@ from prometheus_client import (
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 EVENTS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 TOKENS_BUCKETS = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
+
+log = logging.getLogger(__name__)
 
 
 class Metrics:
@@ -90,16 +93,39 @@ class Metrics:
 
 
 class Health:
-    """What /healthz and /readyz report; set by the worker as it starts and runs."""
+    """What /healthz and /readyz report; set by the worker as it starts and runs.
+
+    Written by the worker's thread, read by the HTTP server's: the flags are events.
+    """
 
     def __init__(self) -> None:
         self.model_loaded = threading.Event()
         self.group_joined = threading.Event()
+        self.broker_reachable = threading.Event()
+        # Reachable until a client says otherwise: before the group is joined
+        # the worker is not ready anyway.
+        self.broker_reachable.set()
 
     @property
     def ready(self) -> bool:
-        """Ready once the model is loaded and the consumer group has been joined."""
-        return self.model_loaded.is_set() and self.group_joined.is_set()
+        """Ready once the model is loaded and the group joined, while a broker answers."""
+        return (
+            self.model_loaded.is_set()
+            and self.group_joined.is_set()
+            and self.broker_reachable.is_set()
+        )
+
+    def broker_down(self, reason: str) -> None:
+        """No broker can be reached: not ready until `broker_up`."""
+        if self.broker_reachable.is_set():
+            log.warning("not ready: no broker reachable (%s)", reason)
+        self.broker_reachable.clear()
+
+    def broker_up(self) -> None:
+        """A broker answered again."""
+        if not self.broker_reachable.is_set():
+            log.info("a broker answers again: ready")
+        self.broker_reachable.set()
 
 
 class MetricsServer:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import socket
@@ -17,25 +18,81 @@ from worker import errors
 # See producer_config: how long a dead worker's transaction can block readers.
 TRANSACTION_TIMEOUT_MS = 15_000
 
+# See consumer_config: the most librdkafka prefetches ahead of the worker.
+PREFETCH_KBYTES = 16_384
+# See consumer_config: how often stored offsets are committed (at-least-once).
+AUTO_COMMIT_INTERVAL_MS = 1_000
+
 RebalanceCallback = Callable[[Consumer, list[TopicPartition]], None]
+ErrorCallback = Callable[[KafkaError], None]
+
+# Client errors that mean no broker can be reached: the worker is not ready.
+# A single connection dropping (_TRANSPORT) is routine (idle connections are
+# reaped, leaders move) and librdkafka reconnects; _ALL_BROKERS_DOWN follows
+# when it was the last one. A refused login will not cure itself either.
+BROKER_UNREACHABLE = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._AUTHENTICATION})
+
+# Delivery errors of one record (and the records batched with it, since the
+# broker refuses a whole batch): retrying it unchanged cannot succeed.
+RECORD_REJECTED = frozenset(
+    {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_RECORD}
+)
+# Delivery errors that say nothing about the record: the broker was away or
+# slow, or the record was purged with an aborted transaction. librdkafka marks
+# most retriable errors itself; these local ones it does not.
+DELIVERY_TRANSIENT = frozenset(
+    {
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._PURGE_QUEUE,
+        KafkaError._PURGE_INFLIGHT,
+    }
+)
+
+
+class DeliveryFailure(enum.Enum):
+    """What a failed delivery means for the record."""
+
+    REJECTED = "rejected"
+    """Refused for good, maybe for a neighbour in its batch: retry it alone, then dead-letter."""
+    TRANSIENT = "transient"
+    """Not the record's fault: produce it again."""
+    FATAL = "fatal"
+    """The topic or the cluster refuses (authorization, unknown topic...): stop the worker."""
+
 
 # librdkafka's own log lines go through Python logging, not straight to stderr,
 # so JSON log formatting and levels apply to them too.
 LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
 
 
-def consumer_config(settings: Settings) -> dict[str, Any]:
-    """The consumer's librdkafka properties; the user's `kafka.consumer` entries win."""
+def consumer_config(settings: Settings, on_error: ErrorCallback | None = None) -> dict[str, Any]:
+    """The consumer's librdkafka properties.
+
+    The worker's own, then `kafka.properties`, then `kafka.consumer`, each
+    winning over the one before; `on_error` gets the client's errors.
+    """
     config: dict[str, Any] = {
         "bootstrap.servers": settings.kafka.bootstrap_servers,
         "logger": LIBRDKAFKA_LOG,
         "group.id": settings.kafka.group_id,
+        # librdkafka prefetches up to 64 MiB by default, whatever the worker can
+        # take; paused partitions stop fetching, but a slow model with a large
+        # backlog would still hold that much. This bounds the read-ahead to
+        # thousands of typical events, minutes of work for a CPU model and
+        # seconds for a GPU one.
+        "queued.max.messages.kbytes": PREFETCH_KBYTES,
         # Offsets are stored by the worker once an event's output is acknowledged,
         # never by librdkafka when the record is handed out.
         "enable.auto.offset.store": False,
         # Auto-commit then commits only what was stored; shutdown and revocation
         # commit synchronously on top of it.
         "enable.auto.commit": True,
+        # A crash repeats the events since the last commit: a second's worth
+        # rather than librdkafka's default five, for one small request a second.
+        "auto.commit.interval.ms": AUTO_COMMIT_INTERVAL_MS,
         # A new group classifies the topic from its start rather than skipping
         # whatever was produced before the first worker joined.
         "auto.offset.reset": "earliest",
@@ -49,13 +106,19 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         # Outputs of aborted transactions must never reach the worker either,
         # when it reads a topic that another transactional worker writes.
         config["isolation.level"] = "read_committed"
+    if on_error is not None:
+        config["error_cb"] = on_error
     config.update(_plain(settings.kafka.properties))
     config.update(_plain(settings.kafka.consumer))
     return config
 
 
-def producer_config(settings: Settings) -> dict[str, Any]:
-    """The producer's librdkafka properties; the user's `kafka.producer` entries win."""
+def producer_config(settings: Settings, on_error: ErrorCallback | None = None) -> dict[str, Any]:
+    """The producer's librdkafka properties.
+
+    The worker's own, then `kafka.properties`, then `kafka.producer`, each
+    winning over the one before; `on_error` gets the client's errors.
+    """
     config: dict[str, Any] = {
         "bootstrap.servers": settings.kafka.bootstrap_servers,
         "logger": LIBRDKAFKA_LOG,
@@ -65,7 +128,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "linger.ms": 5,
     }
     if settings.processing_guarantee == "exactly-once":
-        instance = settings.kafka.consumer.get("group.instance.id")
+        instance = consumer_config(settings).get("group.instance.id")
         config["transactional.id"] = transactional_id(
             settings.kafka.group_id, str(instance) if instance else None
         )
@@ -73,13 +136,15 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         # its output partitions until the broker times it out: keep that short.
         # Transactions here last one batch's produce and commit, well under it.
         config["transaction.timeout.ms"] = TRANSACTION_TIMEOUT_MS
+    if on_error is not None:
+        config["error_cb"] = on_error
     config.update(_plain(settings.kafka.properties))
     config.update(_plain(settings.kafka.producer))
     return config
 
 
 def _plain(properties: Mapping[str, PropertyValue]) -> dict[str, Any]:
-    """Secrets revealed here only, at the door of librdkafka."""
+    """Secrets unwrapped for librdkafka, the one place that needs them in clear."""
     return {
         name: value.get_secret_value() if isinstance(value, SecretStr) else value
         for name, value in properties.items()
@@ -92,20 +157,21 @@ def make_consumer(
     on_revoke: RebalanceCallback,
     on_lost: RebalanceCallback,
     topics: list[str],
+    on_error: ErrorCallback | None = None,
 ) -> Consumer:
     """A consumer subscribed to the input topics with the worker's rebalance callbacks."""
     try:
-        consumer = Consumer(consumer_config(settings))
+        consumer = Consumer(consumer_config(settings, on_error))
         consumer.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
     except KafkaException as exc:
         raise translate(exc, "cannot create the consumer") from None
     return consumer
 
 
-def make_producer(settings: Settings) -> Producer:
+def make_producer(settings: Settings, on_error: ErrorCallback | None = None) -> Producer:
     """The idempotent producer of outputs and dead-letter records."""
     try:
-        return Producer(producer_config(settings))
+        return Producer(producer_config(settings, on_error))
     except KafkaException as exc:
         raise translate(exc, "cannot create the producer") from None
 
@@ -120,6 +186,22 @@ def transactional_id(group_id: str, instance_id: str | None) -> str:
     """
     suffix = instance_id or f"{socket.gethostname()}-{os.getpid()}"
     return f"zsc-worker-{group_id}-{suffix}"
+
+
+def broker_unreachable(error: KafkaError) -> bool:
+    """Whether a client error means that no broker can be reached (or let us in)."""
+    return error.code() in BROKER_UNREACHABLE
+
+
+def delivery_failure(error: KafkaError) -> DeliveryFailure:
+    """What a failed delivery (or a produce call's error) means for its record."""
+    if error.fatal():
+        return DeliveryFailure.FATAL
+    if error.code() in RECORD_REJECTED:
+        return DeliveryFailure.REJECTED
+    if error.retriable() or error.code() in DELIVERY_TRANSIENT:
+        return DeliveryFailure.TRANSIENT
+    return DeliveryFailure.FATAL
 
 
 def translate(exc: KafkaException, doing: str) -> errors.KafkaError:
