@@ -1,0 +1,77 @@
+"""The fault suite's report: each scenario records one row of the README's table.
+
+    .venv/bin/pytest -q tests/integration/faults
+
+prints the table at the end of the session; with `ZSC_FAULT_REPORT=FILE` it is
+also written to FILE as Markdown.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+
+REPORT_ENV = "ZSC_FAULT_REPORT"
+HEADER = (
+    "| scenario | guarantee | load held | faults injected | inputs | records out "
+    "| duplicates | lost | seconds |"
+)
+RULE = "|---|---|---|---|---:|---:|---:|---:|---:|"
+
+
+@dataclass(frozen=True, slots=True)
+class FaultRow:
+    """What one fault scenario did and what came out of it."""
+
+    scenario: str
+    guarantee: str
+    load: str
+    faults: str
+    inputs: int
+    outputs: int
+    duplicates: int
+    lost: int
+    seconds: float
+
+    def markdown(self) -> str:
+        """The row in the README's table."""
+        return (
+            f"| {self.scenario} | {self.guarantee} | {self.load} | {self.faults} "
+            f"| {self.inputs} | {self.outputs} | {self.duplicates} | {self.lost} "
+            f"| {self.seconds:.0f} |"
+        )
+
+
+class Recorder(Protocol):
+    """Adds a scenario's row to the session's report."""
+
+    def __call__(self, row: FaultRow) -> None: ...
+
+
+_rows: list[FaultRow] = []
+
+
+@pytest.fixture
+def record_fault() -> Iterator[Recorder]:
+    """`record_fault(FaultRow(...))` once the scenario's figures are known."""
+
+    def record(row: FaultRow) -> None:
+        _rows.append(row)
+
+    yield record
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the rows recorded in this session, and write them where ZSC_FAULT_REPORT says."""
+    if not _rows:
+        return
+    table = "\n".join([HEADER, RULE, *(row.markdown() for row in _rows)])
+    terminalreporter.write_sep("=", "delivery under faults")
+    terminalreporter.write_line(table)
+    if target := os.environ.get(REPORT_ENV):
+        Path(target).write_text(table + "\n", encoding="utf-8")
