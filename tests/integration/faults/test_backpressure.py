@@ -142,7 +142,7 @@ def test_slow_model_with_a_backlog_bounds_memory_pauses_and_is_not_evicted(
     record_fault(
         FaultRow(
             f"slow model (8 s batches > max.poll.interval.ms), "
-            f"{BACKLOG * PADDING / 2**20:.0f} MB backlog: memory +{growth:.0f} MB",
+            f"{BACKLOG * PADDING / 10**6:.0f} MB backlog: memory +{growth:.0f} MB",
             "at-least-once",
             f"{BACKLOG} events queued, {PARTITIONS} partitions",
             "backpressure: pause, resume",
@@ -156,7 +156,7 @@ def test_slow_model_with_a_backlog_bounds_memory_pauses_and_is_not_evicted(
     bound = IN_FLIGHT_BATCHES * MAX_EVENTS
     assert slow_in_flight <= bound, "in-flight events are bounded"
     assert growth < PREFETCH_KBYTES / 1024 + RSS_SLACK_MB, (
-        f"memory grew by {growth:.0f} MB under a {BACKLOG * PADDING / 2**20:.0f} MB backlog"
+        f"memory grew by {growth:.0f} MB under a {BACKLOG * PADDING / 10**6:.0f} MB backlog"
     )
     assert not any(evictions.values()), f"the worker was evicted from its group: {evictions}"
     assert not lost, f"{len(lost)} events lost, e.g. {sorted(lost)[:10]}"
