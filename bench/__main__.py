@@ -1,0 +1,251 @@
+"""`python -m bench`: the worker end to end through Kafka beside transformers' pipeline.
+
+One run measures, on the same texts, labels and model: the matmul peak of this
+CPU in float32 and bfloat16; the pipeline with its defaults (float32,
+batch_size=1), with batch_size=16, and in bfloat16 with batch_size=16; then the
+worker through Kafka (dtype auto), its latency at half its throughput, its
+peak memory, the int8 opt-in, and two worker processes. It prints one markdown
+report with every ratio and saves it (JSON too) under `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoConfig, AutoTokenizer
+
+from bench import baseline, e2e, workload
+from bench.environment import describe, load_average
+from bench.flops import matmul_peak, model_flops
+from bench.report import Report, ScoreMap, Throughput, agreement
+from bench.serve import ServeSpec
+
+CPU = torch.device("cpu")
+BASELINE = "pipeline float32 bs=1"
+PIPELINE_BATCH = 16
+BF16_BASELINE = f"pipeline bfloat16 bs={PIPELINE_BATCH}"
+WORKER = "worker e2e, dtype auto (float32)"
+# bfloat16 has no hardware path on CPUs without AVX512-BF16 or AMX: the pipeline
+# then takes many minutes for the 32 texts, so it runs on a stride sample and its
+# time is scaled to the whole set by FLOPs.
+BF16_SAMPLE_TEXTS = 4
+QUICK_BF16_SAMPLE_TEXTS = 1
+# Events of the latency run, produced at LATENCY_LOAD times the measured throughput.
+LATENCY_EVENTS = 8
+QUICK_LATENCY_EVENTS = 4
+LATENCY_LOAD = 0.5
+# The worker's batching default (config/settings.py): the latency bound uses it.
+MAX_WAIT_MS = 50
+# The issue's targets.
+TARGET_VS_DEFAULTS = 6.0
+TARGET_VS_BF16 = 2.0
+PARITY_TOLERANCE = 1e-4
+GIB = 2**30
+PEAK_DTYPES = ("float32", "bfloat16")
+
+
+class CpuBench:
+    """The phases of the side-by-side benchmark, sharing the model, texts and report."""
+
+    def __init__(self, quick: bool, model_dir: Path) -> None:
+        self.quick = quick
+        self.model_dir = model_dir
+        self.load = workload.fortune_workload(sample=workload.QUICK_TEXTS if quick else None)
+        self.config = AutoConfig.from_pretrained(model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.report = Report(
+            title="CPU: the worker through Kafka beside the pipeline",
+            command="python -m bench" + (" --quick" if quick else ""),
+        )
+        self.report.environment = describe(CPU)
+        c = self.config
+        self.report.environment["workload"] = (
+            f"{len(self.load.texts)} English fortunes x {len(self.load.labels)} labels, "
+            f"multi-label; BART, d_model {c.d_model}, {c.encoder_layers}+{c.decoder_layers} "
+            "layers (distilbart-mnli-12-3's shape at 1024, 12+3), random weights"
+        )
+        self.peaks: dict[str, float] = {}
+        # The pipeline's float32 scores: the reference of every agreement.
+        self.reference: list[ScoreMap] = []
+
+    def progress(self, message: str) -> None:
+        """A timestamped line, with the machine's load (other work skews timings)."""
+        print(f"[{time.strftime('%H:%M:%S')}] {message} (load {load_average()})", flush=True)
+
+    def row(
+        self,
+        name: str,
+        seconds: float,
+        texts: tuple[str, ...],
+        note: str = "",
+        cpu_seconds: float | None = None,
+    ) -> Throughput:
+        """A throughput row for `texts` scored in `seconds`."""
+        lengths = baseline.pair_lengths(self.tokenizer, texts, self.load.hypotheses())
+        flops = model_flops(self.config, lengths)
+        return Throughput(
+            name, seconds, len(texts), len(lengths), sum(lengths), flops, note, cpu_seconds
+        )
+
+    def add(self, measured: Throughput) -> None:
+        """Record a row and say so at once: a run cut short still shows what it measured."""
+        self.report.throughput.append(measured)
+        self.progress(f"{measured.name}: {measured.seconds:.1f} s, {measured.texts_per_s:.3g}/s")
+
+    def matmul_peaks(self) -> None:
+        """The best float32 and bfloat16 products of this CPU; called at the start and the end.
+
+        Other work on the machine only ever lowers a measurement, so the higher
+        of the two is the peak.
+        """
+        for dtype in PEAK_DTYPES:
+            seen = matmul_peak(getattr(torch, dtype), CPU)
+            self.peaks[dtype] = max(self.peaks.get(dtype, 0.0), seen)
+            self.report.facts[f"matmul peak {dtype}"] = f"{self.peaks[dtype] / 1e9:.1f} GFLOP/s"
+
+    def pipelines(self) -> None:
+        """The pipeline's defaults, batch_size=16, and bfloat16 with batch_size=16."""
+        load, texts = self.load, self.load.texts
+        timing, self.reference = baseline.run_pipeline(self.model_dir, load, texts)
+        self.add(self.row(BASELINE, timing.seconds, texts, cpu_seconds=timing.cpu_seconds))
+        timing, _ = baseline.run_pipeline(self.model_dir, load, texts, batch_size=PIPELINE_BATCH)
+        name = f"pipeline float32 bs={PIPELINE_BATCH}"
+        self.add(self.row(name, timing.seconds, texts, cpu_seconds=timing.cpu_seconds))
+
+        count = QUICK_BF16_SAMPLE_TEXTS if self.quick else BF16_SAMPLE_TEXTS
+        sample = workload.stride_sample(texts, count)
+        timing, scores = baseline.run_pipeline(
+            self.model_dir, load, sample, dtype=torch.bfloat16, batch_size=PIPELINE_BATCH
+        )
+        scale = self.row("whole", 1, texts).flops / self.row("sample", 1, sample).flops
+        note = f"timed on {len(sample)} of the texts, scaled by FLOPs"
+        self.add(
+            self.row(BF16_BASELINE, timing.seconds * scale, texts, note, timing.cpu_seconds * scale)
+        )
+        reference = [self.reference[texts.index(text)] for text in sample]
+        self.report.agreements.append(agreement("bfloat16 (pipeline)", reference, scores))
+
+    def end_to_end(self, broker_kind: str, bootstrap_servers: str) -> None:
+        """The worker through Kafka: float32 with latency, then int8 and two processes."""
+        self.report.facts["broker"] = broker_kind
+        load = self.load
+        spec = ServeSpec(
+            bootstrap_servers=bootstrap_servers,
+            group_id="bench",
+            input_topic="",
+            output_topic="",
+            model=str(self.model_dir),
+            labels=load.labels,
+            template=load.template,
+            multi_label=load.multi_label,
+            status_path="",
+            stats_path="",
+        )
+        # One warm-up event per input partition: each worker process gets one.
+        warmup = load.warmup[: e2e.INPUT_PARTITIONS]
+        latency_count = QUICK_LATENCY_EVENTS if self.quick else LATENCY_EVENTS
+        self.progress("worker end to end, then its latency")
+        run = e2e.measure(
+            spec,
+            warmup,
+            load.texts,
+            latency_texts=workload.stride_sample(load.texts, latency_count),
+            latency_load=LATENCY_LOAD,
+        )
+        self.add(self.row(WORKER, run.seconds, load.texts, cpu_seconds=run.cpu_seconds))
+        self.worker_facts(run)
+        if self.quick:
+            return
+
+        self.progress("worker end to end, int8")
+        int8 = e2e.measure(replace(spec, dtype="int8"), warmup, load.texts)
+        name = "worker e2e, dtype int8 (opt-in)"
+        self.add(self.row(name, int8.seconds, load.texts, cpu_seconds=int8.cpu_seconds))
+        self.report.agreements.append(agreement("int8 (worker)", self.reference, scores_of(int8)))
+
+        self.progress("worker end to end, 2 processes")
+        pair = e2e.measure(spec, warmup, load.texts, processes=2)
+        name = "worker e2e, float32, 2 processes"
+        self.add(self.row(name, pair.seconds, load.texts, cpu_seconds=pair.cpu_seconds))
+        self.report.facts["scaling: 2 processes / 1 process"] = f"{run.seconds / pair.seconds:.2f}x"
+
+    def worker_facts(self, run: e2e.EndToEnd) -> None:
+        """Parity with the pipeline, latency against its bound, and peak memory."""
+        parity = agreement("float32 (worker)", self.reference, scores_of(run))
+        self.report.agreements.insert(0, parity)
+        self.report.facts["worker float32 vs pipeline, max abs delta"] = (
+            f"{parity.max_abs_delta:.1e} (promise: <= {PARITY_TOLERANCE:g})"
+        )
+        if not run.append_time:
+            self.report.notes.append(
+                "the broker ignored LogAppendTime: latencies end when the worker sent the output"
+            )
+        if run.latencies_s and run.latency_rate:
+            batches = run.batch_seconds(run.latency_window)
+            median_batch = statistics.median(batches) if batches else float("nan")
+            bound = MAX_WAIT_MS / 1000 + 2 * median_batch
+            p50, p99 = np.percentile(run.latencies_s, [50, 99])
+            self.report.facts["latency at half the throughput"] = (
+                f"{len(run.latencies_s)} events at {run.latency_rate:.3g}/s: p50 {p50:.2f} s, "
+                f"p99 {p99:.2f} s; bound max_wait_ms + 2 x median batch ({median_batch:.2f} s) "
+                f"= {bound:.2f} s: {'met' if p99 < bound else 'NOT met'}; "
+                f"longest batch {max(batches, default=float('nan')):.2f} s"
+            )
+        rss = max(s["peak_rss_bytes"] for s in run.stats)
+        self.report.facts["worker peak RSS (full-size model)"] = f"{rss / GIB:.2f} GiB"
+
+    def verdicts(self) -> None:
+        """The worker's ratios against the issue's two targets."""
+        worker = self.report.find(WORKER)
+        for name, target in ((BASELINE, TARGET_VS_DEFAULTS), (BF16_BASELINE, TARGET_VS_BF16)):
+            base = self.report.find(name)
+            if worker is None or base is None:
+                continue
+            ratio = worker.texts_per_s / base.texts_per_s
+            verdict = "met" if ratio >= target else "NOT met"
+            self.report.facts[f"worker / {name}"] = (
+                f"{ratio:.2f}x (target >= {target:g}x: {verdict})"
+            )
+
+
+def scores_of(run: e2e.EndToEnd) -> list[ScoreMap]:
+    """The timed events' scores, in the order of the texts."""
+    return [run.outputs[f"run-{n}"].scores for n in range(run.events)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the side-by-side benchmark and print its report."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="4 texts, fewer runs (~2 min)")
+    parser.add_argument("--model", type=Path, help="model directory (default: built and cached)")
+    parser.add_argument("--out", type=Path, help="write cpu.md and cpu.json here")
+    args = parser.parse_args(argv)
+    model_dir = workload.ensure_model(args.model or workload.default_model_dir("full"))
+    bench = CpuBench(args.quick, model_dir)
+    # The broker first: its start-up (a JVM warming up) must not overlap any timing.
+    with e2e.running_broker() as broker:
+        bench.progress(f"{broker.kind} broker up; matmul peaks")
+        bench.matmul_peaks()
+        bench.progress("the pipeline")
+        bench.pipelines()
+        bench.end_to_end(broker.kind, broker.bootstrap_servers)
+        bench.progress("matmul peaks again")
+        bench.matmul_peaks()
+    bench.verdicts()
+    bench.report.facts["load average at end"] = load_average()
+    markdown = bench.report.markdown(BASELINE, bench.peaks)
+    print(markdown)
+    if args.out:
+        bench.report.save(args.out, "cpu", markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

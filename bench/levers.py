@@ -1,0 +1,215 @@
+"""`python -m bench.levers`: the classifier's performance levers, one at a time, side by side.
+
+Every variant scores the same texts, cut into micro-batches as the worker's
+batcher cuts a backlog with its default bounds, so the forward batches are the
+ones the worker runs. Variants take turns round after round (contention on a
+shared machine hits them alike) and each is reported by its median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import torch
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
+
+from bench import baseline, workload
+from bench.environment import describe, load_average
+from bench.flops import model_flops
+from worker.batching import MicroBatcher
+from worker.nli.base import EncodedEvent
+from worker.nli.classifier import CPU_MAX_BATCH_TOKENS, CPU_MIN_BATCH_TOKENS, NLIClassifier
+from worker.nli.loading import LoadedModel, load_model, quantize_int8
+
+CPU = torch.device("cpu")
+# The worker's batching defaults (config/settings.py).
+MICRO_BATCH_EVENTS = 64
+MICRO_BATCH_TOKENS = 8192
+LEVER_TEXTS = 16
+QUICK_TEXTS = 4
+ROUNDS = 2
+# Forward budgets around the default.
+BUDGETS = (2048, 8192, 16384)
+# Tokenizing takes microseconds: it is timed over this many passes of the texts.
+TOKENIZE_REPEATS = 20
+# Texts sent twice in one batch, to show that identical texts are scored once.
+DUPLICATED_TEXTS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """One way of running the classifier."""
+
+    name: str
+    classifier: NLIClassifier
+    threads: int | None = None
+
+
+def micro_batches(events: Sequence[EncodedEvent]) -> list[list[EncodedEvent]]:
+    """The events cut as the worker's batcher cuts a backlog (no waiting involved)."""
+    batcher: MicroBatcher[EncodedEvent] = MicroBatcher(
+        MICRO_BATCH_EVENTS, MICRO_BATCH_TOKENS, max_wait_s=0.0, clock=lambda: 0.0
+    )
+    batches = [b.items for e in events for b in batcher.add(e, e.pair_count, e.max_pair_tokens)]
+    if (last := batcher.flush()) is not None:
+        batches.append(last.items)
+    return batches
+
+
+def timed(variant: Variant, texts: Sequence[str], load: workload.Workload) -> float:
+    """Seconds to tokenize and score `texts` the worker's way."""
+    task = baseline.task_of(load)
+    threads = torch.get_num_threads()
+    if variant.threads:
+        torch.set_num_threads(variant.threads)
+    try:
+        started = time.perf_counter()
+        events = [variant.classifier.encode(text, task) for text in texts]
+        for batch in micro_batches(events):
+            variant.classifier.classify(batch)
+        return time.perf_counter() - started
+    finally:
+        torch.set_num_threads(threads)
+
+
+def variants(model_dir: str, with_compile: bool) -> list[Variant]:
+    """The default classifier first, then one variant per lever."""
+
+    def classifier(loaded: LoadedModel, **options: int) -> NLIClassifier:
+        return NLIClassifier(model_dir, loaded.tokenizer, loaded.model, **options)
+
+    sdpa = load_model(model_dir, CPU, torch.float32)
+    default = classifier(sdpa)
+    found = [
+        Variant(
+            f"default: budget {CPU_MAX_BATCH_TOKENS}, padding guard from {CPU_MIN_BATCH_TOKENS}",
+            default,
+        ),
+        # A guard that starts at the budget never fires: the greedy fill of before.
+        Variant(
+            "greedy fill, no padding guard", classifier(sdpa, min_batch_tokens=CPU_MAX_BATCH_TOKENS)
+        ),
+        *(Variant(f"budget {b}", classifier(sdpa, max_batch_tokens=b)) for b in BUDGETS),
+        Variant("1 torch thread", default, threads=1),
+        Variant("eager attention", classifier(load_model(model_dir, CPU, torch.float32, "eager"))),
+    ]
+    int8 = load_model(model_dir, CPU, torch.float32)
+    found.append(
+        Variant("int8 (opt-in)", classifier(int8._replace(model=quantize_int8(int8.model))))
+    )
+    if with_compile:
+        compiled = load_model(model_dir, CPU, torch.float32)
+        # The compiled wrapper forwards attributes (config, device) to the model.
+        model = cast(PreTrainedModel, torch.compile(compiled.model, dynamic=True))
+        found.append(
+            Variant("torch.compile(dynamic=True)", classifier(compiled._replace(model=model)))
+        )
+    return found
+
+
+def tokenize_costs(
+    classifier: NLIClassifier, model_dir: str, load: workload.Workload
+) -> tuple[float, float]:
+    """Microseconds per text: the classifier's encode, and the pipeline's way (every pair)."""
+    task = baseline.task_of(load)
+    # A tokenizer of its own: calling one leaves settings in its backend, which
+    # the classifier relies on being its alone.
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    hypotheses = load.hypotheses()
+    texts = list(load.texts) * TOKENIZE_REPEATS
+
+    def per_text(tokenize: Callable[[str], object]) -> float:
+        started = time.perf_counter()
+        for text in texts:
+            tokenize(text)
+        return 1e6 * (time.perf_counter() - started) / len(texts)
+
+    ours = per_text(lambda text: classifier.encode(text, task))
+    theirs = per_text(
+        lambda text: tokenizer([text] * len(hypotheses), hypotheses, truncation="only_first")
+    )
+    return ours, theirs
+
+
+def dedupe_costs(classifier: NLIClassifier, load: workload.Workload) -> tuple[float, float]:
+    """Seconds for one batch of a few texts, then for a batch holding each of them twice."""
+    task = baseline.task_of(load)
+    events = [classifier.encode(text, task) for text in load.texts[:DUPLICATED_TEXTS]]
+    costs = []
+    for batch in (events, events * 2):
+        started = time.perf_counter()
+        classifier.classify(batch)
+        costs.append(time.perf_counter() - started)
+    return costs[0], costs[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure every lever and print a markdown table."""
+    parser = argparse.ArgumentParser(prog="python -m bench.levers", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_TEXTS} texts, 1 round")
+    parser.add_argument("--texts", type=int, default=LEVER_TEXTS, help="a stride sample of the 32")
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--compile", action="store_true", help="add torch.compile(dynamic=True)")
+    parser.add_argument("--model", help="model directory (default: built and cached)")
+    args = parser.parse_args(argv)
+    count, rounds = (QUICK_TEXTS, 1) if args.quick else (args.texts, args.rounds)
+    model_dir = args.model or str(workload.ensure_model(workload.default_model_dir("full")))
+    load = workload.fortune_workload(sample=count)
+
+    found = variants(model_dir, args.compile)
+    default = found[0]
+    for variant in found:  # warm-up; torch.compile compiles here
+        started = time.perf_counter()
+        timed(variant, load.warmup[:1], load)
+        print(f"warm-up {variant.name}: {time.perf_counter() - started:.0f} s", flush=True)
+    seconds: dict[str, list[float]] = {v.name: [] for v in found}
+    for round_ in range(1, rounds + 1):
+        for variant in found:
+            seconds[variant.name].append(timed(variant, load.texts, load))
+            took = seconds[variant.name][-1]
+            print(
+                f"round {round_}, {variant.name}: {took:.1f} s (load {load_average()})", flush=True
+            )
+
+    config = AutoConfig.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    flops = model_flops(config, baseline.pair_lengths(tokenizer, load.texts, load.hypotheses()))
+    reference = statistics.median(seconds[default.name])
+    lines = [
+        f"## Levers: {len(load.texts)} texts x {len(load.labels)} labels, "
+        f"median of {rounds} round(s)",
+        "",
+        f"`python -m bench.levers{' --quick' if args.quick else ''}`",
+        "",
+        *(f"- {key}: {value}" for key, value in describe(CPU).items()),
+        "",
+        "| variant | seconds | GFLOP/s | speed vs default |",
+        "|---|---|---|---|",
+    ]
+    for variant in found:
+        median = statistics.median(seconds[variant.name])
+        lines.append(
+            f"| {variant.name} | {median:.1f} | {flops / median / 1e9:.1f} | "
+            f"{reference / median:.2f} |"
+        )
+    ours, theirs = tokenize_costs(default.classifier, model_dir, load)
+    once, twice = dedupe_costs(default.classifier, load)
+    lines += [
+        "",
+        f"- tokenizing one text for {len(load.labels)} labels: {ours:.0f} us (premise once, "
+        f"hypotheses cached) vs {theirs:.0f} us (every pair, as the pipeline does)",
+        f"- {DUPLICATED_TEXTS} texts sent twice in one batch: {twice:.1f} s, once: {once:.1f} s "
+        "(identical texts are scored once)",
+    ]
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
