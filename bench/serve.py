@@ -82,6 +82,12 @@ class TimedClassifier:
         """The wrapped classifier's entailment and contradiction classes."""
         return self._inner.label_ids
 
+    @property
+    def info(self) -> dict[str, str]:
+        """The wrapped classifier's."""
+        info: dict[str, str] = self._inner.info
+        return info
+
     def encode(self, text: str, task: Any) -> Any:
         """Tokenize, as the wrapped classifier does."""
         return self._inner.encode(text, task)

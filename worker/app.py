@@ -79,6 +79,8 @@ class Pending:
     headers: Headers | None
     timestamp_ms: int
     route: Route
+    read_at: float
+    """When it was read, on the worker's clock."""
     event: serde.DecodedEvent | None = None
     encoded: EncodedEvent | None = None
     rejection: serde.Rejection | None = None
@@ -135,6 +137,7 @@ class Worker:
         self.settings = settings
         self.classifier = classifier
         self.metrics = metrics or Metrics()
+        self.metrics.model.info(classifier.info)
         self.health = health or Health()
         self._clock = clock
         self._router = Router.from_settings(settings)
@@ -151,7 +154,7 @@ class Worker:
         self._first_read: dict[tuple[str, int], int] = {}
         self._rewind_due = False
         self._next_probe_at = 0.0
-        self._runner: InferenceRunner[Pending] = InferenceRunner(classifier, _encoded)
+        self._runner: InferenceRunner[Pending] = InferenceRunner(classifier, _encoded, clock)
         self._max_in_flight = IN_FLIGHT_BATCHES * batching.max_events
         self._paused = False
         self._paused_partitions: set[tuple[str, int]] = set()
@@ -252,6 +255,7 @@ class Worker:
             message.headers(),
             message.timestamp()[1],
             self._router.route(topic),
+            self._clock(),
         )
         decoded = serde.decode_event(pending.value, pending.route)
         pairs = max_pair_tokens = 0
@@ -263,7 +267,8 @@ class Worker:
             pending.event = decoded
             task = pending.route.task_for(decoded.labels)
             try:
-                pending.encoded = self.classifier.encode(decoded.text, task)
+                with self.metrics.tokenization_seconds.time():
+                    pending.encoded = self.classifier.encode(decoded.text, task)
             except Exception as exc:
                 # The tokenizer runs here, on the polling thread: a text it cannot
                 # take is that event's problem, not the worker's.
@@ -332,6 +337,7 @@ class Worker:
         if completed.failed:
             self.metrics.inference_failures.inc()
         for pending, outcome in zip(completed.items, completed.outcomes, strict=True):
+            self.metrics.queue_wait_seconds.observe(max(0.0, completed.started - pending.read_at))
             if not self._tracker.is_current(pending.tp, pending.epoch):
                 continue  # revoked while on the model: its new owner classifies it again
             if pending.rejection is not None:
@@ -546,6 +552,7 @@ class Worker:
             else:
                 self._resume(consumer, partitions)
         self._paused_partitions = assignment if self._paused else set()
+        self.metrics.paused_partitions.set(len(self._paused_partitions))
 
     def _resume(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Resume, and fetch again at once from where each partition stands.

@@ -21,10 +21,12 @@ Outcome = Scores | Exception | None
 
 @dataclass(slots=True)
 class Completed(Generic[T]):
-    """A batch's items with one outcome each, and how long the model took."""
+    """A batch's items with one outcome each, when the model started on it and for how long."""
 
     items: list[T]
     outcomes: list[Outcome]
+    started: float
+    """On the runner's clock."""
     seconds: float
     failed: bool
 
@@ -93,7 +95,7 @@ class InferenceRunner(Generic[T]):
         while (items := self._inbox.get()) is not None:
             started = self._clock()
             outcomes, failed = self._score(items)
-            self._outbox.put(Completed(items, outcomes, self._clock() - started, failed))
+            self._outbox.put(Completed(items, outcomes, started, self._clock() - started, failed))
 
     def _score(self, items: Sequence[T]) -> tuple[list[Outcome], bool]:
         encoded = [self._encoded(item) for item in items]

@@ -12,12 +12,16 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Info,
     generate_latest,
 )
 
 # Bucket bounds chosen for CPU and GPU batches alike: from a few ms to a minute.
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 EVENTS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# Tokenizing one event takes from tens of microseconds to, for a 100k-character
+# text, a few hundred milliseconds.
+TOKENIZE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5)
 TOKENS_BUCKETS = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 
 log = logging.getLogger(__name__)
@@ -53,6 +57,18 @@ class Metrics:
             buckets=TOKENS_BUCKETS,
             registry=r,
         )
+        self.queue_wait_seconds = Histogram(
+            "zsc_queue_wait_seconds",
+            "From an event's read to its batch starting on the model (batching and queueing).",
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.tokenization_seconds = Histogram(
+            "zsc_tokenization_seconds",
+            "Tokenizing one event: its text once, paired with each hypothesis.",
+            buckets=TOKENIZE_BUCKETS,
+            registry=r,
+        )
         self.inference_seconds = Histogram(
             "zsc_inference_seconds",
             "Time the model took for one batch.",
@@ -73,6 +89,14 @@ class Metrics:
         )
         self.paused = Gauge(
             "zsc_paused", "1 while input partitions are paused for backpressure.", registry=r
+        )
+        self.paused_partitions = Gauge(
+            "zsc_paused_partitions",
+            "Input partitions paused for backpressure now.",
+            registry=r,
+        )
+        self.model = Info(
+            "zsc_model", "The model serving the worker: id, device, precision.", registry=r
         )
         self.rebalances = Counter(
             "zsc_rebalances_total", "Partition assignment changes, by kind.", ["kind"], registry=r

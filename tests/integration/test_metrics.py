@@ -123,5 +123,19 @@ def test_probes_and_metrics_of_a_worker_under_traffic(
     assert value(found, "zsc_batch_tokens_sum") > 0
     assert value(found, "zsc_inference_seconds_count") >= 1
     assert value(found, "zsc_end_to_end_seconds_count") == len(good)
+    # Every record waited for the model, rejected ones riding along; only
+    # decodable events are tokenized.
+    assert value(found, "zsc_queue_wait_seconds_count") == len(good) + len(bad)
+    assert value(found, "zsc_tokenization_seconds_count") == len(good)
+    assert value(found, "zsc_tokenization_seconds_sum") > 0
+    assert value(found, "zsc_paused_partitions") == 0
+    [info] = [labels for (name, labels), _ in found.items() if name == "zsc_model_info"]
+    assert dict(info) == {
+        "model": str(tiny_bart_dir),
+        "architecture": "bart",
+        "device": "cpu",
+        "precision": "float32",
+        "max_batch_tokens": "4096",
+    }
     text_of_first = texts[0][:30]
     assert text_of_first not in log.decode(errors="replace"), "event texts stay out of the log"

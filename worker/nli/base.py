@@ -132,6 +132,11 @@ class Classifier(Protocol):
         """The model's entailment and contradiction classes."""
         ...
 
+    @property
+    def info(self) -> dict[str, str]:
+        """What serves the scores (model, device, precision...), for the model info metric."""
+        ...
+
     def encode(self, text: str, task: Task) -> EncodedEvent:
         """Tokenize `text` once for all of `task`'s hypotheses; cheap, no model call."""
         ...

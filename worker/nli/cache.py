@@ -46,6 +46,11 @@ class CachingClassifier:
         """The wrapped classifier's entailment and contradiction classes."""
         return self._inner.label_ids
 
+    @property
+    def info(self) -> dict[str, str]:
+        """The wrapped classifier's, and the cache's size."""
+        return {**self._inner.info, "result_cache_entries": str(self._max_entries)}
+
     def __len__(self) -> int:
         return len(self._entries)
 

@@ -25,7 +25,14 @@ from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerB
 from worker.errors import ConfigError, InferenceError, ModelError
 from worker.nli.base import EncodedEvent, Scores, Task
 from worker.nli.labels import LabelIds, resolve_label_ids
-from worker.nli.loading import INT8, load_model, quantize_int8, resolve_device, resolve_dtype
+from worker.nli.loading import (
+    INT8,
+    load_model,
+    precision_of,
+    quantize_int8,
+    resolve_device,
+    resolve_dtype,
+)
 
 # Padded tokens per forward batch when the caller does not say. On a CPU the
 # matrix products already run at full speed with a few thousand tokens, and
@@ -253,6 +260,17 @@ class NLIClassifier:
     def label_ids(self) -> LabelIds:
         """The model's entailment and contradiction classes."""
         return self._label_ids
+
+    @property
+    def info(self) -> dict[str, str]:
+        """What serves the scores: model, architecture, device, precision, forward budget."""
+        return {
+            "model": self._model_name,
+            "architecture": str(self._model.config.model_type),
+            "device": str(self.device),
+            "precision": precision_of(self._model),
+            "max_batch_tokens": str(self._max_batch_tokens),
+        }
 
     def _encode_text(self, text: str) -> Encoding:
         return self._tokenizer.encode(text, add_special_tokens=False)

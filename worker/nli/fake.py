@@ -58,6 +58,11 @@ class FakeClassifier:
         """The fake's entailment and contradiction classes."""
         return FAKE_LABEL_IDS
 
+    @property
+    def info(self) -> dict[str, str]:
+        """The fake's model name; it runs nowhere in particular."""
+        return {"model": self._model_name, "architecture": "fake", "device": "none"}
+
     def encode(self, text: str, task: Task) -> EncodedEvent:
         """Count the tokens of each pair; no tokenizer."""
         words = len(text.split())

@@ -38,6 +38,8 @@ DTYPE_CHOICES = "auto | " + " | ".join(DTYPES)
 # quantized batch by batch (torch's dynamic quantization). On CPUs without AMX
 # it about doubles throughput; scores then drift from the pipeline's.
 INT8 = "int8"
+# Where torch keeps the layers `quantize_dynamic` swaps in.
+QUANTIZED_MODULES = "torch.ao.nn.quantized"
 
 # What every saved transformers model directory has.
 CONFIG_FILE = "config.json"
@@ -202,3 +204,10 @@ def quantize_int8(model: PreTrainedModel) -> PreTrainedModel:
         warnings.simplefilter("ignore", UserWarning)
         quantized: PreTrainedModel = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     return quantized
+
+
+def precision_of(model: PreTrainedModel) -> str:
+    """The precision the model computes in: INT8 once quantized, else its weights' dtype."""
+    if any(type(m).__module__.startswith(QUANTIZED_MODULES) for m in model.modules()):
+        return INT8
+    return str(model.dtype).removeprefix("torch.")

@@ -29,6 +29,8 @@ def test_int8_quantizes_the_linear_layers_and_scores_like_float32(tiny_bart_dir:
     layers = [type(m) for m in int8._model.modules()]
     assert DynamicLinear in layers
     assert torch.nn.Linear not in layers
+    assert int8.info["precision"] == "int8"
+    assert float32.info["precision"] == "float32"
     got = np.array([s.scores for s in int8.classify([int8.encode(t, TASK) for t in texts])])
     expected = np.array(
         [s.scores for s in float32.classify([float32.encode(t, TASK) for t in texts])]
