@@ -6,18 +6,34 @@ names, ports, environment keys, topics and partitions.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.metrics import MetricWrapperBase
 
 from config.settings import ENV_KEYS, KAFKA_ENV_PREFIXES, Settings, load_settings
+from worker.metrics import Metrics
 
 ROOT = Path(__file__).parents[2]
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 TOPIC_SPEC = re.compile(r"([\w.]+):(\d+)")
+GRAFANA = ROOT / "deploy" / "grafana" / "zsc-worker.json"
+README = ROOT / "README.md"
+METRIC_NAME = re.compile(r"\bzsc_\w+")
+# The series a metric family of each type exposes, after the family's name.
+SERIES_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "info": ("_info",),
+}
+# How the README's table names a family: by the series people query.
+TABLE_SUFFIX = {"counter": "_total", "gauge": "", "histogram": "", "info": "_info"}
+TABLE_ROW = re.compile(r"^\| `(zsc_\w+)` \| (\w+) \|([^|]*)\|", re.MULTILINE)
 
 
 def load_all(path: Path) -> list[dict[str, Any]]:
@@ -189,3 +205,84 @@ def test_keda_scales_the_deployment_on_the_groups_lag_within_the_partitions(
 def test_kustomization_lists_the_manifests(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
     listed = set(k8s[("kustomization.yaml", "Kustomization")]["resources"])
     assert listed == {name for name, _ in k8s} - {"kustomization.yaml", "deployment-gpu.yaml"}
+
+
+# --- deploy/grafana and the README's metric table -----------------------------------------
+
+
+def exported_metrics() -> dict[str, tuple[str, frozenset[str]]]:
+    """Each metric the worker exports, named as queried, with its type and label names.
+
+    Label names of the info metric come from the classifier at run time, so none here.
+    """
+    found = {}
+    for metric in vars(Metrics()).values():
+        if isinstance(metric, MetricWrapperBase):
+            [family] = metric.describe()
+            # prometheus_client keeps a metric's label names only in this attribute.
+            labels = frozenset(metric._labelnames)
+            found[family.name + TABLE_SUFFIX[family.type]] = (family.type, labels)
+    return found
+
+
+def exported_series() -> set[str]:
+    """Every series name the worker's /metrics can show."""
+    return {
+        family.name + suffix
+        for family in Metrics().registry.collect()
+        for suffix in SERIES_SUFFIXES[family.type]
+    }
+
+
+def dashboard_queries(node: Any) -> list[str]:
+    """The PromQL of a Grafana dashboard: panel targets and template variable queries."""
+    if isinstance(node, list):
+        return [query for item in node for query in dashboard_queries(item)]
+    if not isinstance(node, dict):
+        return []
+    queries = [value for key, value in node.items() if key == "expr" and isinstance(value, str)]
+    if isinstance(node.get("query"), str) and node.get("type") == "query":
+        queries.append(node["query"])
+    if isinstance(node.get("definition"), str):
+        queries.append(node["definition"])
+    for value in node.values():
+        queries += dashboard_queries(value)
+    return queries
+
+
+def readme_metric_table() -> dict[str, tuple[str, str]]:
+    """The README's metric table: each metric with its type and labels column."""
+    text = README.read_text(encoding="utf-8")
+    operations = text.split("\n## Operations\n", 1)[1].split("\n## ", 1)[0]
+    return {name: (kind, labels) for name, kind, labels in TABLE_ROW.findall(operations)}
+
+
+def test_the_grafana_dashboard_queries_only_exported_metrics() -> None:
+    dashboard = json.loads(GRAFANA.read_text(encoding="utf-8"))
+    queries = dashboard_queries(dashboard)
+    used = {name for query in queries for name in METRIC_NAME.findall(query)}
+    assert used, "the dashboard queries the worker's metrics"
+    unknown = used - exported_series()
+    assert not unknown, f"the dashboard queries metrics the worker does not export: {unknown}"
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids are unique"
+    # Every panel's data source is the dashboard's variable, so an import picks it once.
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    for panel in dashboard["panels"]:
+        if panel["type"] != "row":
+            assert panel["datasource"]["uid"].strip("${}") in variables
+            assert panel["targets"], panel["title"]
+
+
+def test_the_readme_metric_table_lists_every_exported_metric() -> None:
+    table = readme_metric_table()
+    exported = exported_metrics()
+    assert set(table) == set(exported), (
+        f"missing from the README: {sorted(set(exported) - set(table))}; "
+        f"not exported: {sorted(set(table) - set(exported))}"
+    )
+    for name, (kind, labels) in exported.items():
+        listed_kind, listed_labels = table[name]
+        assert listed_kind == kind, name
+        if kind != "info":
+            assert set(re.findall(r"`(\w+)`", listed_labels)) == labels, name
