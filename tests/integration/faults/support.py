@@ -248,13 +248,17 @@ def write_config(
     bootstrap_servers: str,
     group_id: str,
     topics: list[dict[str, Any]],
+    session_timeout_ms: int | None = SESSION_TIMEOUT_MS,
     **overrides: Any,
 ) -> Path:
     """A YAML config file for a worker process (metrics server off, short session timeout).
 
+    `session_timeout_ms=None` leaves the session timeout at the worker's default.
     `consumer` and `producer` overrides go into `kafka`; the others are top-level keys.
     """
-    consumer = {"session.timeout.ms": SESSION_TIMEOUT_MS, **overrides.pop("consumer", {})}
+    consumer = dict(overrides.pop("consumer", {}))
+    if session_timeout_ms is not None:
+        consumer.setdefault("session.timeout.ms", session_timeout_ms)
     config: dict[str, Any] = {
         "kafka": {
             "bootstrap_servers": bootstrap_servers,
