@@ -75,6 +75,28 @@ SECRET_PROPERTIES = frozenset(
 )
 
 
+# The consumer's session timeout unless a property sets one (the worker's
+# choice, see worker/kafka/clients.py), and librdkafka's defaults of the two
+# properties it must stay consistent with.
+DEFAULT_SESSION_TIMEOUT_MS = 10_000
+LIBRDKAFKA_HEARTBEAT_INTERVAL_MS = 3_000
+LIBRDKAFKA_MAX_POLL_INTERVAL_MS = 300_000
+# Properties the worker sets itself, and what turning them on (or setting them
+# at all, for transactional.id) breaks.
+GUARANTEE_CONSUMER_PROPERTIES = {
+    "enable.auto.offset.store": "the worker stores an offset only once its output is "
+    "delivered; storing it when the record is handed out loses events on a crash",
+}
+EXACTLY_ONCE_CONSUMER_PROPERTIES = {
+    "enable.auto.commit": "offsets are committed inside the transactions; auto-commit "
+    "would commit them apart from their outputs",
+}
+EXACTLY_ONCE_PRODUCER_PROPERTIES = {
+    "transactional.id": "the worker gives each instance its own; instances sharing one "
+    "fence each other off",
+}
+
+
 def is_secret_property(name: str) -> bool:
     """Whether a librdkafka property holds a secret that must never be shown."""
     return name in SECRET_PROPERTIES or any(word in name for word in SECRET_WORDS)
@@ -122,6 +144,30 @@ class KafkaSettings(_Section):
     @classmethod
     def _secrets_hidden(cls, properties: dict[str, PropertyValue]) -> dict[str, PropertyValue]:
         return _hide_secrets(properties)
+
+    @model_validator(mode="after")
+    def _consistent_timeouts(self) -> KafkaSettings:
+        """Consumer timeouts that would fail only once the worker runs (or its model loaded)."""
+        consumer = {**self.properties, **self.consumer}
+        if str(consumer.get("group.protocol", "classic")) != "classic":
+            return self  # the broker sets session and heartbeat timings there
+        session = _milliseconds(consumer, "session.timeout.ms", DEFAULT_SESSION_TIMEOUT_MS)
+        heartbeat = _milliseconds(
+            consumer, "heartbeat.interval.ms", LIBRDKAFKA_HEARTBEAT_INTERVAL_MS
+        )
+        max_poll = _milliseconds(consumer, "max.poll.interval.ms", LIBRDKAFKA_MAX_POLL_INTERVAL_MS)
+        if heartbeat is not None and session is not None and heartbeat >= session:
+            raise ValueError(
+                f"consumer heartbeat.interval.ms ({heartbeat}) must be below session.timeout.ms"
+                f" ({session}): the session would lapse between heartbeats, and the group"
+                " evict the worker again and again"
+            )
+        if max_poll is not None and session is not None and max_poll < session:
+            raise ValueError(
+                f"consumer max.poll.interval.ms ({max_poll}) must be at least session.timeout.ms"
+                f" ({session}): librdkafka refuses the consumer otherwise"
+            )
+        return self
 
 
 class ModelSettings(_Section):
@@ -313,6 +359,17 @@ class TopicSettings(_Section):
         return self
 
 
+def _milliseconds(properties: Mapping[str, PropertyValue], name: str, default: int) -> int | None:
+    """A duration property as an int; None when it is not one (librdkafka then says why)."""
+    value = properties.get(name, default)
+    if isinstance(value, bool | SecretStr):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
 def check_template(template: str) -> str:
     """Refuse a hypothesis template that has no `{}` for the label, as the pipeline does."""
     if "{}" not in template:
@@ -355,6 +412,25 @@ class Settings(BaseSettings):
         }
         if looped := outputs & set(inputs):
             raise ValueError(f"topics {sorted(looped)} are both input and output")
+        return self
+
+    @model_validator(mode="after")
+    def _guarantee_kept(self) -> Settings:
+        """Refuse client properties that would silently break the delivery guarantee."""
+        owned = [("consumer", GUARANTEE_CONSUMER_PROPERTIES)]
+        if self.processing_guarantee == "exactly-once":
+            owned += [
+                ("consumer", EXACTLY_ONCE_CONSUMER_PROPERTIES),
+                ("producer", EXACTLY_ONCE_PRODUCER_PROPERTIES),
+            ]
+        for client, reasons in owned:
+            given = {**self.kafka.properties, **getattr(self.kafka, client)}
+            for name, reason in reasons.items():
+                if name in given and str(given[name]).lower() not in ("false", "0"):
+                    raise ValueError(
+                        f"kafka.{client}: {name} is the worker's own under"
+                        f" {self.processing_guarantee}: {reason}"
+                    )
         return self
 
     @classmethod

@@ -45,7 +45,7 @@ CALL_TIMEOUT_S = 2.0
 DELIVERY_WAIT_S = 1.0
 # Past this, a send_offsets_to_transaction call is deemed stuck and its producer
 # replaced (see _OffsetsCall). The call itself gives up after CALL_TIMEOUT_S,
-# or after transaction.timeout.ms (15 s) when a request to the coordinator
+# or after transaction.timeout.ms (10 s) when a request to the coordinator
 # times out; this leaves room for both.
 SEND_OFFSETS_DEADLINE_S = 30.0
 

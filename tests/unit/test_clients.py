@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from config.settings import load_settings
-from worker.kafka.clients import consumer_config, producer_config
+import pytest
+
+from config.settings import Settings, load_settings
+from worker.errors import ConfigError
+from worker.kafka.clients import consumer_config, make_producer, producer_config
 
 CONFIG = """
 kafka:
@@ -27,3 +30,34 @@ def test_properties_reach_both_clients_and_secrets_stay_hidden(tmp_path: Path) -
         assert config["sasl.username"] == "user"
     assert consumer["session.timeout.ms"] == 6000 and producer["linger.ms"] == 20
     assert "s3cret" not in repr(settings) and "s3cret" not in str(settings.model_dump())
+
+
+def _settings(tmp_path: Path, extra: str = "") -> Settings:
+    path = tmp_path / "config.yaml"
+    path.write_text("topics: [{input: a, output: b, labels: [x]}]\n" + extra)
+    return load_settings(path, environ={})
+
+
+def test_a_dead_worker_is_replaced_within_seconds_by_default(tmp_path: Path) -> None:
+    consumer = consumer_config(_settings(tmp_path))
+    assert consumer["session.timeout.ms"] == 10_000
+    assert consumer["partition.assignment.strategy"] == "cooperative-sticky"
+    producer = producer_config(_settings(tmp_path, "processing_guarantee: exactly-once\n"))
+    assert producer["transaction.timeout.ms"] == 10_000
+    assert str(producer["transactional.id"]).startswith("zsc-worker-zsc-worker-")
+
+
+def test_the_broker_side_group_protocol_gets_no_classic_only_properties(tmp_path: Path) -> None:
+    consumer = consumer_config(_settings(tmp_path, "kafka: {consumer: {group.protocol: consumer}}"))
+    assert "session.timeout.ms" not in consumer
+    assert "partition.assignment.strategy" not in consumer
+
+
+def test_properties_librdkafka_refuses_are_configuration_errors(tmp_path: Path) -> None:
+    settings = _settings(
+        tmp_path, "kafka: {producer: {linger.ms: 10000, message.timeout.ms: 5000}}"
+    )
+    with pytest.raises(ConfigError) as raised:
+        make_producer(settings)
+    assert "kafka.producer" in str(raised.value)
+    assert "message.timeout.ms" in str(raised.value) and "linger.ms" in str(raised.value)

@@ -124,3 +124,52 @@ def test_bad_environment_value_names_the_key(tmp_path: Path) -> None:
 def test_log_format_from_the_environment(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, MINIMAL), environ={"ZSC_LOG_FORMAT": "json"})
     assert settings.log_format == "json"
+
+
+@pytest.mark.parametrize(
+    ("extra", "names"),
+    [
+        ("kafka: {consumer: {heartbeat.interval.ms: 10000}}", ["heartbeat.interval.ms", "10000"]),
+        (
+            "kafka: {properties: {session.timeout.ms: 6000},"
+            " consumer: {heartbeat.interval.ms: 6000}}",
+            ["heartbeat.interval.ms", "session.timeout.ms (6000)"],
+        ),
+        ("kafka: {consumer: {max.poll.interval.ms: 7000}}", ["max.poll.interval.ms", "(10000)"]),
+        ("kafka: {consumer: {enable.auto.offset.store: true}}", ["enable.auto.offset.store"]),
+        (
+            "processing_guarantee: exactly-once\nkafka: {consumer: {enable.auto.commit: 'true'}}",
+            ["kafka.consumer", "enable.auto.commit"],
+        ),
+        (
+            "processing_guarantee: exactly-once\nkafka: {producer: {transactional.id: shared}}",
+            ["kafka.producer", "transactional.id"],
+        ),
+    ],
+)
+def test_client_properties_that_cannot_work_are_refused_at_start_up(
+    tmp_path: Path, extra: str, names: list[str]
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(write(tmp_path, MINIMAL + extra + "\n"), environ={})
+    for name in names:
+        assert name in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "kafka: {consumer: {session.timeout.ms: 6000, max.poll.interval.ms: 7000}}",
+        "kafka: {consumer: {group.protocol: consumer, max.poll.interval.ms: 7000}}",
+        "kafka: {consumer: {enable.auto.offset.store: false, enable.auto.commit: true}}",
+        "processing_guarantee: exactly-once\nkafka: {consumer: {enable.auto.commit: 'false'}}",
+    ],
+)
+def test_consistent_client_properties_are_accepted(tmp_path: Path, extra: str) -> None:
+    load_settings(write(tmp_path, MINIMAL + extra + "\n"), environ={})
+
+
+def test_client_property_checks_read_the_environment(tmp_path: Path) -> None:
+    environ = {"ZSC_KAFKA_CONSUMER_HEARTBEAT_INTERVAL_MS": "12000"}
+    with pytest.raises(ConfigError, match=r"heartbeat\.interval\.ms \(12000\)"):
+        load_settings(write(tmp_path, MINIMAL), environ=environ)

@@ -12,11 +12,12 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from pydantic import SecretStr
 
-from config.settings import PropertyValue, Settings
+from config.settings import DEFAULT_SESSION_TIMEOUT_MS, PropertyValue, Settings
 from worker import errors
 
 # See producer_config: how long a dead worker's transaction can block readers.
-TRANSACTION_TIMEOUT_MS = 15_000
+# Kafka Streams' choice under exactly-once, for the same reason.
+TRANSACTION_TIMEOUT_MS = 10_000
 
 # See consumer_config: the most librdkafka prefetches ahead of the worker.
 PREFETCH_KBYTES = 16_384
@@ -96,10 +97,24 @@ def consumer_config(settings: Settings, on_error: ErrorCallback | None = None) -
         # A new group classifies the topic from its start rather than skipping
         # whatever was produced before the first worker joined.
         "auto.offset.reset": "earliest",
-        # A rebalance only moves the partitions that change owner, so workers
-        # joining or leaving do not stall the others' in-flight batches.
-        "partition.assignment.strategy": "cooperative-sticky",
     }
+    user = {**settings.kafka.properties, **settings.kafka.consumer}
+    if str(user.get("group.protocol", "classic")) == "classic":
+        # The new protocol (KIP-848) assigns on the broker and sets the session
+        # timeout there; librdkafka refuses these two with it.
+        config |= {
+            # A rebalance only moves the partitions that change owner, so workers
+            # joining or leaving do not stall the others' in-flight batches.
+            "partition.assignment.strategy": "cooperative-sticky",
+            # A killed worker (without static membership) stays in the group, its
+            # partitions unread, until its session times out; so does every
+            # rebalance meanwhile, a restarted worker's join included. librdkafka
+            # heartbeats from a thread of its own, whatever the model is doing,
+            # so only a dead process or a cut connection misses 10 s of them.
+            # Kafka's default before 3.0; KIP-735 raised it to 45 s for flaky
+            # links, at the cost of 45 s of stalled partitions after each crash.
+            "session.timeout.ms": DEFAULT_SESSION_TIMEOUT_MS,
+        }
     if settings.processing_guarantee == "exactly-once":
         # Offsets are committed inside the producer's transactions instead.
         config["enable.auto.commit"] = False
@@ -162,9 +177,12 @@ def make_consumer(
     """A consumer subscribed to the input topics with the worker's rebalance callbacks."""
     try:
         consumer = Consumer(consumer_config(settings, on_error))
+    except KafkaException as exc:
+        raise _creation_error(exc, "kafka.consumer", "cannot create the consumer") from None
+    try:
         consumer.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
     except KafkaException as exc:
-        raise translate(exc, "cannot create the consumer") from None
+        raise translate(exc, "cannot subscribe") from None
     return consumer
 
 
@@ -173,7 +191,16 @@ def make_producer(settings: Settings, on_error: ErrorCallback | None = None) -> 
     try:
         return Producer(producer_config(settings, on_error))
     except KafkaException as exc:
-        raise translate(exc, "cannot create the producer") from None
+        raise _creation_error(exc, "kafka.producer", "cannot create the producer") from None
+
+
+def _creation_error(exc: KafkaException, section: str, doing: str) -> errors.ZscError:
+    """librdkafka refusing its properties (a value out of range, two that contradict each
+    other) is a configuration error, with librdkafka's words naming the properties."""
+    error = exc.args[0] if exc.args else None
+    if isinstance(error, KafkaError) and error.code() == KafkaError._INVALID_ARG:
+        return errors.ConfigError(f"{section} (or kafka.properties): {error.str()}")
+    return translate(exc, doing)
 
 
 def transactional_id(group_id: str, instance_id: str | None) -> str:
