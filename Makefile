@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 MODEL ?=
 DEMO_MODEL_DIR ?= $(HOME)/.cache/zsc-worker/demo-model
 
-.PHONY: install test unit integration demo lint schemas fortunes kafka clean
+.PHONY: install test unit integration demo lint schemas fortunes kafka bench clean
 
 install: $(STAMP)
 
@@ -58,6 +58,15 @@ else
 	  $(PY) -m tests.models bart --size tiny --out "$(DEMO_MODEL_DIR)" && \
 	  $(PY) -m worker demo --model "$(DEMO_MODEL_DIR)"; }
 endif
+
+# The side-by-side benchmark (README "Benchmarks"): the pipeline's baselines and the
+# worker through Kafka in one run, ratios printed; about 20 minutes on two cores,
+# `make bench QUICK=1` about 3. The random-weight full-size model is built once into
+# ~/.cache/zsc-worker. BENCH_OUT=DIR also saves the report (markdown and JSON) there.
+QUICK ?=
+BENCH_OUT ?=
+bench: $(STAMP) fortunes kafka
+	$(PY) -m bench $(if $(QUICK),--quick) $(if $(BENCH_OUT),--out "$(BENCH_OUT)")
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -69,7 +69,7 @@ class CpuBench:
         self.report.environment["workload"] = (
             f"{len(self.load.texts)} English fortunes x {len(self.load.labels)} labels, "
             f"multi-label; BART, d_model {c.d_model}, {c.encoder_layers}+{c.decoder_layers} "
-            "layers (distilbart-mnli-12-3's shape at 1024, 12+3), random weights"
+            "layers, random weights (distilbart-mnli-12-3: d_model 1024, 12+3 layers)"
         )
         self.peaks: dict[str, float] = {}
         # The pipeline's float32 scores: the reference of every agreement.
@@ -199,7 +199,7 @@ class CpuBench:
                 f"longest batch {max(batches, default=float('nan')):.2f} s"
             )
         rss = max(s["peak_rss_bytes"] for s in run.stats)
-        self.report.facts["worker peak RSS (full-size model)"] = f"{rss / GIB:.2f} GiB"
+        self.report.facts["worker peak RSS"] = f"{rss / GIB:.2f} GiB"
 
     def verdicts(self) -> None:
         """The worker's ratios against the issue's two targets."""

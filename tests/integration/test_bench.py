@@ -1,0 +1,62 @@
+"""The benchmarks run end to end on a tiny model: every row, ratio and parity figure is there.
+
+Their speed figures mean nothing at this size; what is tested is that the one
+command of the README measures the pipeline and the worker through Kafka side
+by side, and that the GPU script's code path runs (here on the CPU).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+
+from bench.__main__ import BASELINE, BF16_BASELINE, PARITY_TOLERANCE, WORKER
+
+TIMEOUT_S = 600
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_bench(module: str, *args: str) -> None:
+    subprocess.run([sys.executable, "-m", module, *args], check=True, timeout=TIMEOUT_S, cwd=REPO)
+
+
+def test_the_side_by_side_benchmark_reports_both_ratios(
+    tiny_bart_dir: Path, tmp_path: Path
+) -> None:
+    run_bench("bench", "--quick", "--model", str(tiny_bart_dir), "--out", str(tmp_path))
+    report = orjson.loads((tmp_path / "cpu.json").read_bytes())
+    rows = {row["name"]: row for row in report["throughput"]}
+    assert {BASELINE, "pipeline float32 bs=16", BF16_BASELINE, WORKER} <= rows.keys()
+    assert all(row["texts_per_s"] > 0 for row in rows.values())
+    facts = report["facts"]
+    assert f"worker / {BASELINE}" in facts
+    assert f"worker / {BF16_BASELINE}" in facts
+    assert "latency at half the throughput" in facts
+    [parity] = [a for a in report["agreements"] if a["name"] == "float32 (worker)"]
+    assert parity["max_abs_delta"] <= PARITY_TOLERANCE
+    assert parity["top_label"] == 1.0
+    markdown = (tmp_path / "cpu.md").read_text()
+    assert f"| {WORKER} |" in markdown
+
+
+def test_the_gpu_benchmark_runs_its_code_path_on_the_cpu(
+    tiny_bart_dir: Path, tmp_path: Path
+) -> None:
+    run_bench(
+        "bench.gpu",
+        "--device",
+        "cpu",
+        "--quick",
+        "--model",
+        str(tiny_bart_dir),
+        "--out",
+        str(tmp_path),
+    )
+    report = orjson.loads((tmp_path / "gpu.json").read_bytes())
+    assert any(row["name"].startswith("bfloat16, budget") for row in report["throughput"])
+    parities = [v for k, v in report["facts"].items() if k.startswith("float32 parity")]
+    assert len(parities) == 2
+    assert all(float(v.split()[3]) <= PARITY_TOLERANCE for v in parities)
