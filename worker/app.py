@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -616,6 +617,10 @@ class Worker:
             self._first_read.pop(tp, None)
         self._refused.forget(gone)
         self._batcher.discard(lambda pending: pending.tp not in gone)
+        for topic, partition in gone:
+            # Its new owner reports its lag now; a value left here would go stale.
+            with contextlib.suppress(KeyError):
+                self.metrics.consumer_lag.remove(topic, str(partition))
 
     def _rewind(self) -> None:
         """Forget all work not yet durable and read each partition again from where it is.
