@@ -70,7 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     classify.add_argument("--template", default=DEFAULT_TEMPLATE, help="hypothesis template")
     classify.add_argument("--multi-label", action="store_true", help="score each label on its own")
     classify.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    classify.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    classify.add_argument(
+        "--dtype", default="auto", help="auto | float32 | bfloat16 | float16 | int8 (CPU)"
+    )
     classify.add_argument("texts", nargs="*", metavar="TEXT", help="default: lines of stdin")
     classify.set_defaults(handler=_classify)
 

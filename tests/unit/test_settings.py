@@ -60,7 +60,7 @@ def test_flag_beats_environment_beats_file(tmp_path: Path) -> None:
     ("extra", "key", "reason"),
     [
         ("batching: {max_events: 0}", "batching.max_events", "greater than or equal to 1"),
-        ("model: {dtype: float8}", "model.dtype", "'auto', 'float32', 'bfloat16' or 'float16'"),
+        ("model: {dtype: float8}", "model.dtype", "'bfloat16', 'float16' or 'int8'"),
         ("model: {device: tpu}", "model.device", "auto, cpu, cuda or cuda:N"),
         ("processing_guarantee: at-most-once", "processing_guarantee", "exactly-once"),
         ("metrics_port: 70000", "metrics_port", "less than or equal to 65535"),
