@@ -31,6 +31,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, NewTopic
+from tqdm import tqdm
 
 from bench.report import ScoreMap
 from bench.serve import ServeSpec
@@ -116,26 +117,34 @@ class OutputReader:
         self.outputs: dict[str, Output] = {}
 
     def wait_for(self, ids: Sequence[str]) -> dict[str, Output]:
-        """Block until every id in `ids` has its output; raise if they do not come in time."""
+        """Block until every id in `ids` has its output; raise if they do not come in time.
+
+        A progress bar counts the outputs on a terminal.
+        """
         wanted = set(ids)
         deadline = time.monotonic() + max(
             OUTPUT_TIMEOUT_MIN_S, OUTPUT_TIMEOUT_PER_EVENT_S * len(wanted)
         )
-        while not wanted <= self.outputs.keys():
-            if time.monotonic() > deadline:
-                missing = len(wanted - self.outputs.keys())
-                raise TimeoutError(f"{missing} of {len(wanted)} outputs did not arrive in time")
-            message = self._consumer.poll(POLL_S)
-            if message is None or message.error() is not None:
-                continue
-            event = orjson.loads(message.value() or b"{}")
-            kind, timestamp = message.timestamp()
-            classification = event["classification"]
-            self.outputs[event["id"]] = Output(
-                timestamp_ms=timestamp,
-                append_time=kind == TIMESTAMP_LOG_APPEND_TIME,
-                scores=dict(zip(classification["labels"], classification["scores"], strict=True)),
-            )
+        with tqdm(
+            total=len(wanted), unit="event", leave=False, disable=not sys.stderr.isatty()
+        ) as bar:
+            while not wanted <= self.outputs.keys():
+                if time.monotonic() > deadline:
+                    missing = len(wanted - self.outputs.keys())
+                    raise TimeoutError(f"{missing} of {len(wanted)} outputs did not arrive in time")
+                message = self._consumer.poll(POLL_S)
+                if message is None or message.error() is not None:
+                    continue
+                event = orjson.loads(message.value() or b"{}")
+                kind, timestamp = message.timestamp()
+                classification = event["classification"]
+                labels, scores = classification["labels"], classification["scores"]
+                self.outputs[event["id"]] = Output(
+                    timestamp_ms=timestamp,
+                    append_time=kind == TIMESTAMP_LOG_APPEND_TIME,
+                    scores=dict(zip(labels, scores, strict=True)),
+                )
+                bar.update(len(wanted & self.outputs.keys()) - bar.n)
         return {i: self.outputs[i] for i in ids}
 
     def close(self) -> None:
