@@ -32,7 +32,7 @@ from worker.kafka.clients import (
     make_producer,
     translate,
 )
-from worker.kafka.records import Headers
+from worker.kafka.records import Headers, headers_of
 from worker.metrics import Health, Metrics
 from worker.nli.base import Classifier, EncodedEvent, Scores
 from worker.offsets import OffsetTracker
@@ -253,7 +253,7 @@ class Worker:
             epoch,
             message.key(),
             message.value(),
-            message.headers(),
+            headers_of(message),
             message.timestamp()[1],
             self._router.route(topic),
             self._clock(),

@@ -23,7 +23,7 @@ class Rule:
         """Whether the rule applies to an event with these scores (its main labels')."""
         if self.none_above is not None:
             return all(score < self.none_above for score in scores.values())
-        return self.label in scores and scores[self.label] >= self.min_score
+        return self.label is not None and scores.get(self.label, -1.0) >= self.min_score
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,9 +68,9 @@ def decode_event(value: bytes | None, route: Route) -> DecodedEvent | Rejection:
         )
     labels = None
     if route.allow_event_labels and "labels" in body:
-        labels = _event_labels(body["labels"])
-        if isinstance(labels, Rejection):
-            return labels
+        if isinstance(found := _event_labels(body["labels"]), Rejection):
+            return found
+        labels = found
     return DecodedEvent(body, text, labels)
 
 

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from worker import errors
 from worker.app import ERROR_TYPE
 from worker.kafka.clients import translate
+from worker.kafka.records import AnyHeaders
 
 TEXT_WIDTH = 58
 TOPIC_WIDTH = 22
@@ -34,13 +35,16 @@ class ResultRow:
     summary: str
 
     @classmethod
-    def from_record(
-        cls, topic: str, value: bytes | None, headers: list[tuple[str, bytes | None]] | None
-    ) -> ResultRow:
+    def from_record(cls, topic: str, value: bytes | None, headers: AnyHeaders | None) -> ResultRow:
         """Summarise an enriched event (its top labels) or a dead-letter (its reason)."""
-        found = dict(headers or [])
+        found = dict(headers or {})
         if ERROR_TYPE in found:
-            return cls(topic, "(dead-lettered)", (found[ERROR_TYPE] or b"").decode())
+            reason = found[ERROR_TYPE] or ""
+            return cls(
+                topic,
+                "(dead-lettered)",
+                reason.decode(errors="replace") if isinstance(reason, bytes) else reason,
+            )
         try:
             event = orjson.loads(value or b"")
             result = event["classification"]

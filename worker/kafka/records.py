@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
-Headers = list[tuple[str, bytes | None]]
+# As consumed records carry them, and as the producer takes them.
+Headers = list[tuple[str, str | bytes | None]]
+# What confluent_kafka's types allow a Message's headers to be.
+AnyHeaders = Headers | dict[str, str | bytes | None]
 
 
 class Record(Protocol):
@@ -15,5 +18,11 @@ class Record(Protocol):
     def offset(self) -> int | None: ...
     def key(self) -> bytes | None: ...
     def value(self) -> bytes | None: ...
-    def headers(self) -> Headers | None: ...
+    def headers(self) -> AnyHeaders | None: ...
     def timestamp(self) -> tuple[int, int]: ...
+
+
+def headers_of(record: Record) -> Headers | None:
+    """A record's headers as pairs, in order (a Message gives pairs; its type allows a dict)."""
+    headers = record.headers()
+    return list(headers.items()) if isinstance(headers, dict) else headers
