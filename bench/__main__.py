@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
 from bench import baseline, e2e, workload
 from bench.environment import describe, load_average
@@ -54,10 +54,10 @@ PEAK_DTYPES = ("float32", "bfloat16")
 class CpuBench:
     """The phases of the side-by-side benchmark, sharing the model, texts and report."""
 
-    def __init__(self, quick: bool, model_dir: Path) -> None:
+    def __init__(self, quick: bool, model_dir: Path, load: workload.Workload) -> None:
         self.quick = quick
         self.model_dir = model_dir
-        self.load = workload.fortune_workload(sample=workload.QUICK_TEXTS if quick else None)
+        self.load = load
         self.config = AutoConfig.from_pretrained(model_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.report = Report(
@@ -65,12 +65,11 @@ class CpuBench:
             command="python -m bench" + (" --quick" if quick else ""),
         )
         self.report.environment = describe(CPU)
-        c = self.config
+        mode = "multi-label" if load.multi_label else "single-label"
         self.report.environment["workload"] = (
-            f"{len(self.load.texts)} English fortunes x {len(self.load.labels)} labels, "
-            f"multi-label; BART, d_model {c.d_model}, {c.encoder_layers}+{c.decoder_layers} "
-            "layers, random weights (distilbart-mnli-12-3: d_model 1024, 12+3 layers)"
+            f"{len(load.texts)} texts ({load.source}) x {len(load.labels)} labels, {mode}"
         )
+        self.report.environment["model"] = describe_model(model_dir, self.config)
         self.peaks: dict[str, float] = {}
         # The pipeline's float32 scores: the reference of every agreement.
         self.reference: list[ScoreMap] = []
@@ -215,6 +214,18 @@ class CpuBench:
             )
 
 
+def describe_model(model_dir: Path, config: PretrainedConfig) -> str:
+    """The model's family and size; whether it is the default random-weight stand-in."""
+    if config.is_encoder_decoder:
+        shape = f"d_model {config.d_model}, {config.encoder_layers}+{config.decoder_layers} layers"
+    else:
+        shape = f"hidden {config.hidden_size}, {config.num_hidden_layers} layers"
+    found = f"{model_dir}: {config.model_type}, {shape}"
+    if Path(model_dir) == workload.default_model_dir("full"):
+        found += " (distilbart-mnli-12-3's shape, random weights)"
+    return found
+
+
 def scores_of(run: e2e.EndToEnd) -> list[ScoreMap]:
     """The timed events' scores, in the order of the texts."""
     return [run.outputs[f"run-{n}"].scores for n in range(run.events)]
@@ -224,11 +235,39 @@ def main(argv: list[str] | None = None) -> int:
     """Run the side-by-side benchmark and print its report."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="4 texts, fewer runs (~2 min)")
-    parser.add_argument("--model", type=Path, help="model directory (default: built and cached)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="model directory or hub id (default: distilbart-mnli-12-3's shape, random "
+        "weights, built and cached)",
+    )
+    parser.add_argument(
+        "--texts",
+        type=Path,
+        help="your texts instead of the fortunes: JSON lines with a 'text' field or one per "
+        f"line; the last {workload.WARMUP_TEXTS} only warm up",
+    )
+    parser.add_argument("--labels", help=f"comma-separated (default: {','.join(workload.LABELS)})")
+    parser.add_argument("--template", default=workload.TEMPLATE, help="the hypothesis template")
+    parser.add_argument("--single-label", action="store_true", help="default: multi-label")
     parser.add_argument("--out", type=Path, help="write cpu.md and cpu.json here")
     args = parser.parse_args(argv)
-    model_dir = workload.ensure_model(args.model or workload.default_model_dir("full"))
-    bench = CpuBench(args.quick, model_dir)
+    model_dir = args.model or workload.ensure_model(workload.default_model_dir("full"))
+    sample = workload.QUICK_TEXTS if args.quick else None
+    labels = [x.strip() for x in args.labels.split(",") if x.strip()] if args.labels else None
+    if args.texts:
+        load = workload.file_workload(
+            args.texts,
+            labels or workload.LABELS,
+            args.template,
+            not args.single_label,
+            sample,
+        )
+    elif labels or args.single_label or args.template != workload.TEMPLATE:
+        parser.error("--labels, --template and --single-label go with --texts")
+    else:
+        load = workload.fortune_workload(sample=sample)
+    bench = CpuBench(args.quick, model_dir, load)
     # The broker first: its start-up (a JVM warming up) must not overlap any timing.
     with e2e.running_broker() as broker:
         bench.progress(f"{broker.kind} broker up; matmul peaks")

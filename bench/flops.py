@@ -26,20 +26,29 @@ GPU_PEAK_SHAPE = (8192, 8192, 8192)
 
 
 def pair_flops(config: PretrainedConfig, length: int) -> float:
-    """Matmul FLOPs of one premise/hypothesis pair of `length` tokens through a BART classifier.
+    """Matmul FLOPs of one premise/hypothesis pair of `length` tokens through an NLI classifier.
 
-    The encoder reads the pair; the decoder reads it again (shifted), attending
-    to itself and to the encoder; the head reads one token.
+    BART-like (encoder-decoder): the encoder reads the pair; the decoder reads
+    it again (shifted), attending to itself and to the encoder; the head reads
+    one token. Encoder-only (BERT, RoBERTa, DeBERTa): the layers read the pair
+    once; DeBERTa's relative-position attention terms are not counted, so its
+    utilisation is understated a little.
     """
-    d = config.d_model
     n = length
+    if config.is_encoder_decoder:
+        d = config.d_model
+        encoder_layers, encoder_ffn_dim = config.encoder_layers, config.encoder_ffn_dim
+    else:
+        d = config.hidden_size
+        encoder_layers, encoder_ffn_dim = config.num_hidden_layers, config.intermediate_size
     projections = 4 * n * d * d  # query, key, value, output
     attention = 2 * n * n * d  # scores and their weighted sum
-    encoder_ffn = 2 * n * d * config.encoder_ffn_dim
-    decoder_ffn = 2 * n * d * config.decoder_ffn_dim
-    encoder = config.encoder_layers * (projections + attention + encoder_ffn)
-    # Self-attention, then cross-attention (its keys and values over the encoder's n).
-    decoder = config.decoder_layers * (2 * projections + 2 * attention + decoder_ffn)
+    encoder = encoder_layers * (projections + attention + 2 * n * d * encoder_ffn_dim)
+    decoder = 0
+    if config.is_encoder_decoder:
+        # Self-attention, then cross-attention (its keys and values over the encoder's n).
+        decoder_ffn = 2 * n * d * config.decoder_ffn_dim
+        decoder = config.decoder_layers * (2 * projections + 2 * attention + decoder_ffn)
     head = d * d + d * config.num_labels
     return float(FLOPS_PER_MAC * (encoder + decoder + head))
 

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
@@ -110,7 +111,7 @@ class GpuBench:
         texts = self.parity_texts
         classifier = self.classifier(torch.float32)
         for multi_label in (True, False):
-            load = workload.Workload(texts, self.load.warmup, multi_label=multi_label)
+            load = replace(self.load, texts=texts, multi_label=multi_label)
             _, ours = baseline.run_classifier(classifier, load, texts)
             _, theirs = baseline.run_pipeline(
                 self.model_dir, load, texts, device=str(self.device), batch_size=PIPELINE_BATCH

@@ -39,6 +39,8 @@ class Workload:
 
     texts: tuple[str, ...]
     warmup: tuple[str, ...]
+    source: str
+    """Where the texts come from, in words."""
     labels: tuple[str, ...] = LABELS
     template: str = TEMPLATE
     multi_label: bool = MULTI_LABEL
@@ -75,6 +77,7 @@ def fortune_workload(count: int = TEXTS, sample: int | None = None) -> Workload:
     return Workload(
         texts=stride_sample(texts, sample) if sample else tuple(texts),
         warmup=tuple(every[count:]),
+        source="English fortunes",
     )
 
 
@@ -82,6 +85,46 @@ def default_model_dir(size: str) -> Path:
     """Where the random-weight model of `size` is cached (`$ZSC_BENCH_MODEL` overrides)."""
     override = os.environ.get(MODEL_DIR_ENV)
     return Path(override) if override else CACHE_DIR / f"bench-bart-{size}"
+
+
+def file_workload(
+    path: Path,
+    labels: Sequence[str] = LABELS,
+    template: str = TEMPLATE,
+    multi_label: bool = MULTI_LABEL,
+    sample: int | None = None,
+) -> Workload:
+    """Your own texts: JSON lines with a "text" field, or one text per line.
+
+    The last WARMUP_TEXTS of the file warm up; the others are timed.
+    """
+    import orjson
+
+    texts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                line = orjson.loads(line)["text"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                raise SystemExit(
+                    f"{path}:{number}: a JSON line needs a string 'text' field"
+                ) from None
+        if not isinstance(line, str):
+            raise SystemExit(f"{path}:{number}: a JSON line needs a string 'text' field")
+        texts.append(line)
+    if len(texts) <= WARMUP_TEXTS:
+        raise SystemExit(f"{path}: give more than {WARMUP_TEXTS} texts ({len(texts)} found)")
+    timed = texts[:-WARMUP_TEXTS]
+    return Workload(
+        texts=stride_sample(timed, sample) if sample else tuple(timed),
+        warmup=tuple(texts[-WARMUP_TEXTS:]),
+        source=str(path),
+        labels=tuple(labels),
+        template=template,
+        multi_label=multi_label,
+    )
 
 
 def ensure_model(path: Path, size: str = "full") -> Path:
