@@ -191,16 +191,25 @@ class ModelSettings(_Section):
         return value
 
 
+# A GPU's bounds where the config sets none: the CPU's 64 events and 8192 tokens
+# would leave it mostly idle (README "Scaling").
+GPU_BATCHING = {"max_events": 512, "max_tokens": 65536}
+
+
 class BatchingSettings(_Section):
     """When a micro-batch closes: whichever bound is reached first."""
 
     max_events: int = Field(
-        64, ge=1, description="Events per batch: larger amortises the model call, adds latency."
+        64,
+        ge=1,
+        description="Events per batch: larger amortises the model call, adds latency. "
+        f"Unset on a GPU: {GPU_BATCHING['max_events']}.",
     )
     max_tokens: int = Field(
         8192,
         ge=16,
-        description="Padded premise+hypothesis tokens per batch: bounds accelerator memory.",
+        description="Padded premise+hypothesis tokens per batch: bounds accelerator memory. "
+        f"Unset on a GPU: {GPU_BATCHING['max_tokens']}.",
     )
     max_wait_ms: int = Field(
         50, ge=0, description="Longest wait for a batch to fill: the latency cost at low traffic."
@@ -404,6 +413,13 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Longest wait for the in-flight batch and deliveries at shutdown."
     )
     topics: list[TopicSettings] = Field(min_length=1)
+
+    def for_device(self, device_type: str) -> Settings:
+        """These settings, with a GPU's batching bounds where the config set none on a GPU."""
+        unset = {k: v for k, v in GPU_BATCHING.items() if k not in self.batching.model_fields_set}
+        if device_type != "cuda" or not unset:
+            return self
+        return self.model_copy(update={"batching": self.batching.model_copy(update=unset)})
 
     @model_validator(mode="after")
     def _distinct_inputs(self) -> Settings:

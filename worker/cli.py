@@ -163,6 +163,15 @@ def _run(args: argparse.Namespace) -> int:
         classifier: Classifier = load_classifier(
             settings.model.name, settings.model.device, settings.model.dtype
         )
+        device_type = classifier.info["device"].split(":")[0]
+        if (adjusted := settings.for_device(device_type)) is not settings:
+            settings = adjusted
+            log.info(
+                "on %s: batching.max_events %d, batching.max_tokens %d (set them to change)",
+                device_type,
+                settings.batching.max_events,
+                settings.batching.max_tokens,
+            )
         cache = settings.result_cache
         if cache.max_entries:
             classifier = CachingClassifier(

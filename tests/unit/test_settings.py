@@ -173,3 +173,20 @@ def test_client_property_checks_read_the_environment(tmp_path: Path) -> None:
     environ = {"ZSC_KAFKA_CONSUMER_HEARTBEAT_INTERVAL_MS": "12000"}
     with pytest.raises(ConfigError, match=r"heartbeat\.interval\.ms \(12000\)"):
         load_settings(write(tmp_path, MINIMAL), environ=environ)
+
+
+def test_a_gpu_gets_larger_batches_where_the_config_sets_none(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, MINIMAL), environ={})
+    assert settings.for_device("cpu") is settings
+    gpu = settings.for_device("cuda")
+    assert (gpu.batching.max_events, gpu.batching.max_tokens) == (512, 65536)
+    assert gpu.batching.max_wait_ms == settings.batching.max_wait_ms
+
+
+def test_batching_bounds_the_config_sets_stay_on_a_gpu(tmp_path: Path) -> None:
+    config = write(tmp_path, MINIMAL)
+    one = load_settings(config, environ={"ZSC_MAX_BATCH_TOKENS": "4096"})
+    gpu = one.for_device("cuda")
+    assert (gpu.batching.max_events, gpu.batching.max_tokens) == (512, 4096)
+    both = load_settings(config, {"batching.max_events": 8}, {"ZSC_MAX_BATCH_TOKENS": "4096"})
+    assert both.for_device("cuda") is both
