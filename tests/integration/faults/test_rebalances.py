@@ -28,7 +28,7 @@ SHUTDOWN_TIMEOUT_S = 10.0
 STOP_AT_S = 6.0
 KILL_AT_S = 12.0
 # The survivor takes the killed worker's partitions after its session times
-# out; under exactly-once its open transaction must time out too (15 s).
+# out; under exactly-once its open transaction must time out too (10 s).
 DRAIN_TIMEOUT_S = 90.0
 
 
