@@ -140,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from worker.app import Worker
+    from worker.kafka.clients import check_client_properties
     from worker.metrics import Health, Metrics, MetricsServer
     from worker.nli.cache import CachingClassifier
     from worker.nli.classifier import load_classifier
@@ -160,6 +161,7 @@ def _run(args: argparse.Namespace) -> int:
         server = MetricsServer(metrics, health, settings.metrics_port)
         server.start()
     try:
+        check_client_properties(settings)
         classifier: Classifier = load_classifier(
             settings.model.name, settings.model.device, settings.model.dtype
         )

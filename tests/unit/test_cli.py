@@ -80,3 +80,20 @@ def test_schema_prints_each_or_all(capsys: pytest.CaptureFixture[str]) -> None:
     assert one["title"] == "OutputEvent"
     assert cli.main(["schema"]) == 0
     assert set(json.loads(capsys.readouterr().out)) == set(SCHEMAS)
+
+
+def test_client_properties_librdkafka_refuses_stop_start_up_before_the_model_loads(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "kafka:\n  consumer: {queued.min.messages: 0}\n"
+        "metrics_port: 0\n"
+        "topics: [{input: posts, output: posts.out, labels: [a, b]}]\n"
+    )
+    # A model that does not exist: had it been loaded first, this would be a model error.
+    result = run_cli("run", "--config", str(config), "--model", str(tmp_path / "nothing"))
+    assert result.returncode == cli.EXIT_CONFIG, result.stderr
+    assert "kafka.consumer" in result.stderr
+    assert "queued.min.messages" in result.stderr
+    assert "Traceback" not in result.stderr

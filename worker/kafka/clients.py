@@ -175,10 +175,7 @@ def make_consumer(
     on_error: ErrorCallback | None = None,
 ) -> Consumer:
     """A consumer subscribed to the input topics with the worker's rebalance callbacks."""
-    try:
-        consumer = Consumer(consumer_config(settings, on_error))
-    except KafkaException as exc:
-        raise _creation_error(exc, "kafka.consumer", "cannot create the consumer") from None
+    consumer = make_consumer_unsubscribed(settings, on_error)
     try:
         consumer.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
     except KafkaException as exc:
@@ -192,6 +189,24 @@ def make_producer(settings: Settings, on_error: ErrorCallback | None = None) -> 
         return Producer(producer_config(settings, on_error))
     except KafkaException as exc:
         raise _creation_error(exc, "kafka.producer", "cannot create the producer") from None
+
+
+def check_client_properties(settings: Settings) -> None:
+    """Create and drop both clients, so librdkafka judges their properties before the model
+    loads (minutes, for a download) rather than after. Nothing is sent to a broker."""
+    consumer = make_consumer_unsubscribed(settings)
+    consumer.close()
+    make_producer(settings).flush(0)
+
+
+def make_consumer_unsubscribed(
+    settings: Settings, on_error: ErrorCallback | None = None
+) -> Consumer:
+    """A consumer of the worker's properties, subscribed to nothing yet."""
+    try:
+        return Consumer(consumer_config(settings, on_error))
+    except KafkaException as exc:
+        raise _creation_error(exc, "kafka.consumer", "cannot create the consumer") from None
 
 
 def _creation_error(exc: KafkaException, section: str, doing: str) -> errors.ZscError:
