@@ -31,7 +31,7 @@ import tempfile
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from worker.embedded.base import LOOPBACK, EmbeddedBroker, Launch, free_loopback_ports, log_tail
@@ -220,9 +220,18 @@ def can_run() -> bool:
 
 
 def server_properties(
-    *, port: int, controller_port: int, log_dir: Path, overrides: dict[str, str] | None = None
+    *,
+    port: int,
+    controller_port: int,
+    log_dir: Path,
+    overrides: dict[str, str] | None = None,
+    sasl_users: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The configuration of a single-node KRaft cluster on loopback, for tests and development."""
+    """The configuration of a single-node KRaft cluster on loopback, for tests and development.
+
+    With `sasl_users` (user -> password; the first is the broker's own) the
+    client listener takes SASL/PLAIN over plaintext instead of anonymous clients.
+    """
     properties = {
         # One JVM is the whole cluster: broker and its own KRaft controller.
         "process.roles": "broker,controller",
@@ -255,8 +264,30 @@ def server_properties(
         # The default, stated because tests rely on auto-created topics having one partition.
         "num.partitions": "1",
     }
+    if sasl_users:
+        properties.update(_sasl_plain_listener(port, controller_port, sasl_users))
     properties.update(overrides or {})
     return properties
+
+
+def _sasl_plain_listener(
+    port: int, controller_port: int, users: Mapping[str, str]
+) -> dict[str, str]:
+    """The client (and inter-broker) listener behind SASL/PLAIN; the controller's stays plain."""
+    [(broker_user, broker_password), *_] = users.items()
+    accounts = " ".join(f'user_{user}="{password}"' for user, password in users.items())
+    return {
+        "listeners": f"SASL_PLAINTEXT://{LOOPBACK}:{port},CONTROLLER://{LOOPBACK}:{controller_port}",
+        "advertised.listeners": f"SASL_PLAINTEXT://{LOOPBACK}:{port}",
+        "inter.broker.listener.name": "SASL_PLAINTEXT",
+        "listener.security.protocol.map": "SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "sasl.enabled.mechanisms": "PLAIN",
+        "sasl.mechanism.inter.broker.protocol": "PLAIN",
+        "listener.name.sasl_plaintext.plain.sasl.jaas.config": (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'username="{broker_user}" password="{broker_password}" {accounts};'
+        ),
+    }
 
 
 def new_cluster_id() -> str:
@@ -282,13 +313,29 @@ class ApacheKafkaBroker(EmbeddedBroker):
         *,
         jvm_options: Sequence[str] = DEFAULT_JVM_OPTIONS,
         overrides: dict[str, str] | None = None,
+        sasl_users: Mapping[str, str] | None = None,
         start_timeout_s: float = START_TIMEOUT_S,
         stop_timeout_s: float = STOP_TIMEOUT_S,
     ) -> None:
-        """`overrides` replaces or adds server.properties entries (see `server_properties`)."""
+        """`overrides` replaces or adds server.properties entries (see `server_properties`);
+        `sasl_users` (user -> password) makes clients log in with SASL/PLAIN."""
         super().__init__(start_timeout_s=start_timeout_s, stop_timeout_s=stop_timeout_s)
         self._jvm_options = tuple(jvm_options)
         self._overrides = dict(overrides or {})
+        self._sasl_users = dict(sasl_users or {})
+
+    @property
+    def client_properties(self) -> dict[str, str]:
+        """What a client needs besides `bootstrap.servers`: the first SASL user's login."""
+        if not self._sasl_users:
+            return {}
+        [(user, password), *_] = self._sasl_users.items()
+        return {
+            "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanism": "PLAIN",
+            "sasl.username": user,
+            "sasl.password": password,
+        }
 
     def _prepare(self, workdir: Path) -> Launch:
         java = java_executable()
@@ -302,6 +349,7 @@ class ApacheKafkaBroker(EmbeddedBroker):
             controller_port=controller_port,
             log_dir=workdir / "data",
             overrides=self._overrides,
+            sasl_users=self._sasl_users,
         )
         config.write_text(
             "".join(f"{key}={value}\n" for key, value in properties.items()), encoding="utf-8"

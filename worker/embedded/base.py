@@ -124,6 +124,11 @@ class EmbeddedBroker(abc.ABC):
         return self._bootstrap_servers
 
     @property
+    def client_properties(self) -> dict[str, str]:
+        """What a client needs besides `bootstrap.servers` (a login, where one is required)."""
+        return {}
+
+    @property
     def log_path(self) -> Path:
         """The broker's log file; it is deleted with the broker's directory on `stop()`."""
         if self._workdir is None:
@@ -233,7 +238,7 @@ class EmbeddedBroker(abc.ABC):
             self._check_alive()
             self._check_deadline(deadline, port)
             time.sleep(_READY_POLL_INTERVAL_S)
-        admin = AdminClient({"bootstrap.servers": f"{LOOPBACK}:{port}"})
+        admin = AdminClient({**self.client_properties, "bootstrap.servers": f"{LOOPBACK}:{port}"})
         while True:
             self._check_alive()
             self._check_deadline(deadline, port)

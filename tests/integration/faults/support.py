@@ -8,6 +8,7 @@ event, how many records stand for it: 0 is a loss, 2 or more a duplicate.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -280,10 +281,18 @@ def write_config(
 class WorkerProcess:
     """`zsc-worker run` as a process, with the fake model (see fake_worker), logging to a file."""
 
-    def __init__(self, config: Path, log_path: Path, model: str = "fake:") -> None:
+    def __init__(
+        self,
+        config: Path,
+        log_path: Path,
+        model: str = "fake:",
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """`env` adds environment variables (`ZSC_*`) to the process's."""
         self.config = config
         self.log_path = log_path
         self.model = model
+        self.env = {**os.environ, **(env or {})}
         self.starts = 0
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -300,7 +309,11 @@ class WorkerProcess:
         command = [sys.executable, "-m", "tests.integration.faults.fake_worker", "run"]
         command += ["--config", str(self.config), "--model", self.model]
         self._process = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            command,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env,
         )
         self.starts += 1
         return self
