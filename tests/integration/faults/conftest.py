@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
+from confluent_kafka.admin import AdminClient
+
+from tests.integration.conftest import NameFactory, TopicFactory
 
 REPORT_ENV = "ZSC_FAULT_REPORT"
 HEADER = (
@@ -51,6 +54,26 @@ class Recorder(Protocol):
     """Adds a scenario's row to the session's report."""
 
     def __call__(self, row: FaultRow) -> None: ...
+
+
+class EventTopics(Protocol):
+    """Creates a scenario's input, output and dead-letter topics; returns their names."""
+
+    def __call__(
+        self, partitions: int = 1, *, admin: AdminClient | None = None
+    ) -> tuple[str, str, str]: ...
+
+
+@pytest.fixture
+def event_topics(create_topics: TopicFactory, unique_name: NameFactory) -> EventTopics:
+    """`source, sink, dlq = event_topics(partitions)`: fresh topics, `partitions` each."""
+
+    def create(partitions: int = 1, *, admin: AdminClient | None = None) -> tuple[str, str, str]:
+        names = [unique_name("in"), unique_name("out"), unique_name("dlq")]
+        source, sink, dlq = create_topics(names, partitions=partitions, admin=admin)
+        return source, sink, dlq
+
+    return create
 
 
 _rows: list[FaultRow] = []

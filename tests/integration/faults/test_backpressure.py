@@ -16,8 +16,8 @@ from pathlib import Path
 
 import orjson
 
-from tests.integration.conftest import NameFactory, TopicFactory
-from tests.integration.faults.conftest import FaultRow, Recorder
+from tests.integration.conftest import NameFactory
+from tests.integration.faults.conftest import EventTopics, FaultRow, Recorder
 from tests.integration.faults.support import (
     SUBJECTS,
     Tally,
@@ -80,13 +80,11 @@ def sample(metrics: Metrics, topic: str, samples: Samples, stop: threading.Event
 
 def test_slow_model_with_a_backlog_bounds_memory_pauses_and_is_not_evicted(
     bootstrap_servers: str,
-    create_topics: TopicFactory,
+    event_topics: EventTopics,
     unique_name: NameFactory,
     record_fault: Recorder,
 ) -> None:
-    source, sink, dlq = create_topics(
-        [unique_name("in"), unique_name("out"), unique_name("dlq")], partitions=PARTITIONS
-    )
+    source, sink, dlq = event_topics(PARTITIONS)
     padding = "x" * PADDING
     values = [
         orjson.dumps({"id": n, "text": f"Event {n} about {SUBJECTS[n % 6]}.", "pad": padding})

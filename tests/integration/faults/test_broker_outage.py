@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from tests.integration.conftest import NameFactory, TopicFactory
-from tests.integration.faults.conftest import FaultRow, Recorder
+from tests.integration.conftest import NameFactory
+from tests.integration.faults.conftest import EventTopics, FaultRow, Recorder
 from tests.integration.faults.proxy import FlakyProxy
 from tests.integration.faults.support import EventStream, Tally, topics_config
 from tests.integration.harness import RunningWorker, make_settings
@@ -84,15 +84,12 @@ class ReadinessProbe:
 def test_broker_outage_not_ready_meanwhile_recovers_by_itself(
     guarantee: str,
     proxied_broker: tuple[str, FlakyProxy, str],
-    create_topics: TopicFactory,
+    event_topics: EventTopics,
     unique_name: NameFactory,
     record_fault: Recorder,
 ) -> None:
     bootstrap_servers, proxy, direct = proxied_broker
-    names = [unique_name("in"), unique_name("out"), unique_name("dlq")]
-    source, sink, dlq = create_topics(
-        names, partitions=PARTITIONS, admin=AdminClient({"bootstrap.servers": direct})
-    )
+    source, sink, dlq = event_topics(PARTITIONS, admin=AdminClient({"bootstrap.servers": direct}))
     settings = make_settings(
         bootstrap_servers,
         unique_name("g"),

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import NameFactory, TopicFactory
-from tests.integration.faults.conftest import FaultRow, Recorder
+from tests.integration.conftest import NameFactory
+from tests.integration.faults.conftest import EventTopics, FaultRow, Recorder
 from tests.integration.faults.support import (
     EXIT_MARGIN_S,
     EventStream,
@@ -39,15 +39,13 @@ DRAIN_TIMEOUT_S = 90.0
 def test_sigkill_at_random_moments_while_events_flow(
     guarantee: str,
     request: pytest.FixtureRequest,
-    create_topics: TopicFactory,
+    event_topics: EventTopics,
     unique_name: NameFactory,
     record_fault: Recorder,
     tmp_path: Path,
 ) -> None:
     bootstrap_servers = guarantee_servers(request, guarantee)
-    source, sink, dlq = create_topics(
-        [unique_name("in"), unique_name("out"), unique_name("dlq")], partitions=PARTITIONS
-    )
+    source, sink, dlq = event_topics(PARTITIONS)
     config = write_config(
         tmp_path,
         bootstrap_servers,
@@ -109,11 +107,11 @@ def test_sigterm_mid_batch_exits_within_the_shutdown_timeout(
     shutdown_timeout_s: float,
     finishes_batch: bool,
     bootstrap_servers: str,
-    create_topics: TopicFactory,
+    event_topics: EventTopics,
     unique_name: NameFactory,
     tmp_path: Path,
 ) -> None:
-    source, sink, dlq = create_topics([unique_name("in"), unique_name("out"), unique_name("dlq")])
+    source, sink, dlq = event_topics()
     group = unique_name("g")
     batch_s = 3.0
     config = write_config(

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import NameFactory, TopicFactory
-from tests.integration.faults.conftest import FaultRow, Recorder
+from tests.integration.conftest import NameFactory
+from tests.integration.faults.conftest import EventTopics, FaultRow, Recorder
 from tests.integration.faults.support import (
     EXIT_MARGIN_S,
     EventStream,
@@ -60,15 +60,13 @@ PROMPT_DRAIN_S = 45.0
 def test_kills_while_a_second_worker_joins_and_leaves_lose_nothing(
     guarantee: str,
     request: pytest.FixtureRequest,
-    create_topics: TopicFactory,
+    event_topics: EventTopics,
     unique_name: NameFactory,
     record_fault: Recorder,
     tmp_path: Path,
 ) -> None:
     bootstrap_servers = guarantee_servers(request, guarantee)
-    source, sink, dlq = create_topics(
-        [unique_name("in"), unique_name("out"), unique_name("dlq")], partitions=PARTITIONS
-    )
+    source, sink, dlq = event_topics(PARTITIONS)
     config = write_config(
         tmp_path,
         bootstrap_servers,

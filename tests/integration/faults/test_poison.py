@@ -15,8 +15,8 @@ from confluent_kafka import Consumer, TopicPartition
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.integration.conftest import NameFactory, TopicFactory
-from tests.integration.faults.conftest import FaultRow, Recorder
+from tests.integration.conftest import NameFactory
+from tests.integration.faults.conftest import EventTopics, FaultRow, Recorder
 from tests.integration.faults.support import (
     LABELS,
     TEST_ID,
@@ -119,13 +119,11 @@ def end_offsets(bootstrap_servers: str, topic: str) -> list[int]:
 
 def test_poison_records_are_dead_lettered_and_never_stall_a_partition(
     bootstrap_servers: str,
-    create_topics: TopicFactory,
+    event_topics: EventTopics,
     unique_name: NameFactory,
     record_fault: Recorder,
 ) -> None:
-    source, sink, dlq = create_topics(
-        [unique_name("in"), unique_name("out"), unique_name("dlq")], partitions=PARTITIONS
-    )
+    source, sink, dlq = event_topics(PARTITIONS)
     topics: list[dict[str, Any]] = [
         {
             "input": source,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import NameFactory, TopicFactory
-from tests.integration.faults.conftest import FaultRow, Recorder
+from tests.integration.conftest import NameFactory
+from tests.integration.faults.conftest import EventTopics, FaultRow, Recorder
 from tests.integration.faults.support import (
     EXIT_MARGIN_S,
     EventStream,
@@ -36,15 +36,13 @@ DRAIN_TIMEOUT_S = 90.0
 def test_three_workers_one_stopped_one_killed_lose_nothing(
     guarantee: str,
     request: pytest.FixtureRequest,
-    create_topics: TopicFactory,
+    event_topics: EventTopics,
     unique_name: NameFactory,
     record_fault: Recorder,
     tmp_path: Path,
 ) -> None:
     bootstrap_servers = guarantee_servers(request, guarantee)
-    source, sink, dlq = create_topics(
-        [unique_name("in"), unique_name("out"), unique_name("dlq")], partitions=PARTITIONS
-    )
+    source, sink, dlq = event_topics(PARTITIONS)
     config = write_config(
         tmp_path,
         bootstrap_servers,

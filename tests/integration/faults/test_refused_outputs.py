@@ -22,8 +22,8 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from tests.integration.conftest import NameFactory, TopicFactory
-from tests.integration.faults.conftest import FaultRow, Recorder
+from tests.integration.conftest import NameFactory
+from tests.integration.faults.conftest import EventTopics, FaultRow, Recorder
 from tests.integration.faults.support import (
     Tally,
     WorkerProcess,
@@ -86,15 +86,13 @@ def limit_record_size(admin: AdminClient, topic: str, max_bytes: int) -> None:
 def test_records_the_output_topic_refuses_are_dead_lettered_alone(
     guarantee: str,
     request: pytest.FixtureRequest,
-    create_topics: TopicFactory,
+    event_topics: EventTopics,
     unique_name: NameFactory,
     record_fault: Recorder,
     tmp_path: Path,
 ) -> None:
     bootstrap_servers = guarantee_servers(request, guarantee)
-    source, sink, dlq = create_topics(
-        [unique_name("in"), unique_name("out"), unique_name("dlq")], partitions=PARTITIONS
-    )
+    source, sink, dlq = event_topics(PARTITIONS)
     limit_record_size(
         AdminClient({"bootstrap.servers": bootstrap_servers}), sink, MAX_MESSAGE_BYTES
     )
