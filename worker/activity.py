@@ -1,23 +1,38 @@
 """The worker's activity line: what it did since the last one, every half minute at INFO.
 
-Counts and batch figures only, never event content. With `log_format: json`
-every figure is a field of its own.
+Counts and batch figures only, never event content, read off the worker's
+metrics (the one place they are counted). With `log_format: json` every
+figure is a field of its own.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import astuple, dataclass, fields
+
+from prometheus_client.metrics import MetricWrapperBase
+
+from worker.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 INTERVAL_S = 30.0
 
 
-@dataclass(slots=True)
-class Counts:
-    """What happened in one interval."""
+def _values(metric: MetricWrapperBase, suffix: str = "") -> list[float]:
+    """The values of a metric's samples (every label set) whose names end in `suffix`."""
+    return [
+        sample.value
+        for family in metric.collect()
+        for sample in family.samples
+        if sample.name.endswith(suffix)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """The worker's counts so far; the difference of two is an interval's."""
 
     consumed: int = 0
     classified: int = 0
@@ -27,32 +42,46 @@ class Counts:
     batch_tokens: int = 0
     model_seconds: float = 0.0
 
+    @classmethod
+    def of(cls, metrics: Metrics) -> Totals:
+        """Read the counts off the metrics."""
+        return cls(
+            consumed=int(sum(_values(metrics.consumed, "_total"))),
+            classified=int(sum(_values(metrics.classified, "_total"))),
+            dead_lettered=int(sum(_values(metrics.dead_lettered, "_total"))),
+            batches=int(sum(_values(metrics.batch_size, "_count"))),
+            batch_events=int(sum(_values(metrics.batch_size, "_sum"))),
+            batch_tokens=int(sum(_values(metrics.batch_tokens, "_sum"))),
+            model_seconds=sum(_values(metrics.inference_seconds, "_sum")),
+        )
+
+    def __sub__(self, earlier: Totals) -> Totals:
+        return Totals(*(a - b for a, b in zip(astuple(self), astuple(earlier), strict=True)))
+
 
 class Activity:
-    """Accumulates counts and logs them once per interval in which anything happened."""
+    """Logs the counts of each interval in which anything happened."""
 
-    def __init__(self, clock: Callable[[], float], interval_s: float = INTERVAL_S) -> None:
+    def __init__(
+        self, metrics: Metrics, clock: Callable[[], float], interval_s: float = INTERVAL_S
+    ) -> None:
+        self._metrics = metrics
         self._clock = clock
         self._interval_s = interval_s
         self._since = clock()
-        self.counts = Counts()
+        self._last = Totals.of(metrics)
 
-    def batch(self, events: int, tokens: int) -> None:
-        """A micro-batch went to the model."""
-        self.counts.batches += 1
-        self.counts.batch_events += events
-        self.counts.batch_tokens += tokens
-        log.debug("batch of %d events, %d padded tokens", events, tokens)
-
-    def due(self, lag: int | None, paused_partitions: int) -> None:
+    def due(self) -> None:
         """Log the interval's counts if it is over and anything happened; start the next."""
         now = self._clock()
         elapsed = now - self._since
         if elapsed < self._interval_s:
             return
-        c, self.counts, self._since = self.counts, Counts(), now
+        totals = Totals.of(self._metrics)
+        c, self._last, self._since = totals - self._last, totals, now
         if not any(getattr(c, f.name) for f in fields(c)):
             return
+        lags = _values(self._metrics.consumer_lag)
         figures = {
             "interval_s": round(elapsed, 1),
             "consumed": c.consumed,
@@ -63,8 +92,8 @@ class Activity:
             "mean_batch_events": round(c.batch_events / c.batches, 1) if c.batches else 0,
             "mean_batch_tokens": round(c.batch_tokens / c.batches) if c.batches else 0,
             "model_busy": round(c.model_seconds / elapsed, 2),
-            "lag": lag,
-            "paused_partitions": paused_partitions,
+            "lag": int(sum(lags)) if lags else None,
+            "paused_partitions": int(sum(_values(self._metrics.paused_partitions))),
         }
         log.info(
             "in %(interval_s)ss: %(consumed)d read, %(classified)d classified (%(events_per_s)s/s),"

@@ -163,8 +163,7 @@ class Worker:
         self._assigned: frozenset[tuple[str, int]] = frozenset()
         self._fatal: errors.ZscError | None = None
         self._next_lag_at = 0.0
-        self._lag: int | None = None
-        self._activity = Activity(clock)
+        self._activity = Activity(self.metrics, clock)
         self._consumer: Consumer | None = None
         self._checkpointer: Checkpointer | None = None
 
@@ -234,7 +233,7 @@ class Worker:
             self._refused.prune(checkpointer.durable_positions())
         self._apply_backpressure()
         self._update_lag()
-        self._activity.due(self._lag, len(self._paused_partitions))
+        self._activity.due()
         self._probe_broker()
 
     def _poll_timeout(self) -> float:
@@ -248,7 +247,6 @@ class Worker:
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         assert topic is not None and partition is not None and offset is not None
         self.metrics.consumed.labels(topic).inc()
-        self._activity.counts.consumed += 1
         self._first_read.setdefault((topic, partition), offset)
         epoch = self._tracker.track((topic, partition), offset)
         pending = Pending(
@@ -336,12 +334,11 @@ class Worker:
     def _submit(self, batch: Batch[Pending]) -> None:
         self.metrics.batch_size.observe(len(batch.items))
         self.metrics.batch_tokens.observe(batch.tokens)
-        self._activity.batch(len(batch.items), batch.tokens)
+        log.debug("batch of %d events, %d padded tokens", len(batch.items), batch.tokens)
         self._runner.submit(batch.items)
 
     def _publish(self, completed: Completed[Pending]) -> None:
         self.metrics.inference_seconds.observe(completed.seconds)
-        self._activity.counts.model_seconds += completed.seconds
         if completed.failed:
             self.metrics.inference_failures.inc()
         for pending, outcome in zip(completed.items, completed.outcomes, strict=True):
@@ -494,11 +491,9 @@ class Worker:
             self.health.broker_up()
             if record.rejection is None and record.topic == pending.route.output:
                 self.metrics.classified.labels(pending.topic).inc()
-                self._activity.counts.classified += 1
                 self._observe_end_to_end(pending)
             elif record.rejection is not None:
                 self.metrics.dead_lettered.labels(pending.topic, record.rejection.error_type).inc()
-                self._activity.counts.dead_lettered += 1
             self._acknowledge(pending, produced=False)
             return
         failure = delivery_failure(error)
@@ -583,7 +578,6 @@ class Worker:
             return
         self._next_lag_at = now + LAG_INTERVAL_S
         consumer, _ = self._live()
-        total = None
         for tp in consumer.assignment():
             try:
                 _, high = consumer.get_watermark_offsets(tp, cached=True)
@@ -593,8 +587,6 @@ class Worker:
             if high >= 0 and position is not None:
                 lag = max(0, high - position)
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
-                total = (total or 0) + lag
-        self._lag = total
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels("assign").inc()

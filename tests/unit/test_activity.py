@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from worker.activity import Activity
+from worker.metrics import Metrics
 
 
 class Clock:
@@ -20,20 +21,23 @@ class Clock:
 def test_one_line_per_interval_with_the_figures_as_fields(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    clock = Clock()
-    activity = Activity(clock, interval_s=30)
-    activity.counts.consumed += 12
-    activity.batch(events=8, tokens=1000)
-    activity.batch(events=4, tokens=600)
-    activity.counts.classified += 10
-    activity.counts.dead_lettered += 2
-    activity.counts.model_seconds += 15
+    clock, metrics = Clock(), Metrics()
+    activity = Activity(metrics, clock, interval_s=30)
+    metrics.consumed.labels("posts").inc(12)
+    for events, tokens in ((8, 1000), (4, 600)):
+        metrics.batch_size.observe(events)
+        metrics.batch_tokens.observe(tokens)
+    metrics.classified.labels("posts").inc(10)
+    metrics.dead_lettered.labels("posts", "invalid_json").inc(2)
+    metrics.inference_seconds.observe(15)
+    metrics.consumer_lag.labels("posts", "0").set(5)
     with caplog.at_level(logging.INFO, logger="worker.activity"):
         clock.now = 29.0
-        activity.due(lag=5, paused_partitions=0)
+        activity.due()
         assert not caplog.records
         clock.now = 30.0
-        activity.due(lag=5, paused_partitions=1)
+        metrics.paused_partitions.set(1)
+        activity.due()
     [record] = caplog.records
     assert record.getMessage() == (
         "in 30.0s: 12 read, 10 classified (0.33/s), 2 dead-lettered; 2 batches of 6.0 events"
@@ -46,14 +50,19 @@ def test_one_line_per_interval_with_the_figures_as_fields(
 def test_an_idle_interval_logs_nothing_and_counts_start_again(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    clock = Clock()
-    activity = Activity(clock, interval_s=30)
-    activity.counts.consumed += 3
+    clock, metrics = Clock(), Metrics()
+    metrics.consumed.labels("posts").inc(7)  # before the worker's first interval
+    activity = Activity(metrics, clock, interval_s=30)
+    metrics.consumed.labels("posts").inc(3)
     with caplog.at_level(logging.INFO, logger="worker.activity"):
         clock.now = 31.0
-        activity.due(lag=None, paused_partitions=0)
+        activity.due()
         clock.now = 62.0
-        activity.due(lag=None, paused_partitions=0)
-    [record] = caplog.records
-    assert record.__dict__["consumed"] == 3
-    assert activity.counts.consumed == 0
+        activity.due()
+        metrics.consumed.labels("posts").inc(1)
+        clock.now = 93.0
+        activity.due()
+    first, last = caplog.records
+    assert first.__dict__["consumed"] == 3
+    assert first.__dict__["lag"] is None
+    assert last.__dict__["consumed"] == 1
