@@ -27,6 +27,8 @@ from worker.checkpoint import Checkpointer, OffsetCommitter, TransactionalCommit
 from worker.inference import Completed, InferenceRunner
 from worker.kafka.clients import (
     DeliveryFailure,
+    ErrorCallback,
+    RebalanceCallback,
     broker_unreachable,
     delivery_failure,
     make_consumer,
@@ -42,10 +44,25 @@ from worker.routing import Route, Router
 
 log = logging.getLogger(__name__)
 
-# Records fetched per consume() call: enough to fill a batch without starving the
+ConsumerFactory = Callable[
+    [
+        Settings,
+        RebalanceCallback,
+        RebalanceCallback,
+        RebalanceCallback,
+        list[str],
+        ErrorCallback | None,
+    ],
+    Consumer,
+]
+"""Makes the subscribed consumer (worker.kafka.clients.make_consumer); a seam for stubs."""
+ProducerFactory = Callable[[Settings, ErrorCallback | None], Producer]
+"""Makes a producer (worker.kafka.clients.make_producer); a seam for stubs."""
+
+# Records taken per pass of the loop: enough to fill a batch without starving the
 # loop. Never more than the in-flight bound has room for (see IN_FLIGHT_BATCHES).
 CONSUME_MAX_RECORDS = 500
-# Longest the loop blocks in consume(), so finished batches are produced promptly.
+# Longest the loop blocks waiting for a record, so finished batches are produced promptly.
 MAX_POLL_BLOCK_S = 0.02
 # In-flight events (consumed, not yet committable) per configured batch before the
 # partitions are paused; resumed once back under half of it. Two batches on the
@@ -135,8 +152,12 @@ class Worker:
         metrics: Metrics | None = None,
         health: Health | None = None,
         clock: Callable[[], float] = time.monotonic,
+        consumer_factory: ConsumerFactory = make_consumer,
+        producer_factory: ProducerFactory = make_producer,
     ) -> None:
         self.settings = settings
+        self._make_consumer = consumer_factory
+        self._make_producer = producer_factory
         self.classifier = classifier
         self.metrics = metrics or Metrics()
         self.metrics.model.info(classifier.info)
@@ -161,6 +182,8 @@ class Worker:
         self._paused = False
         self._paused_partitions: set[tuple[str, int]] = set()
         self._assigned: frozenset[tuple[str, int]] = frozenset()
+        # Assigned since backpressure last set their pause state.
+        self._fresh: set[tuple[str, int]] = set()
         self._fatal: errors.ZscError | None = None
         self._next_lag_at = 0.0
         self._activity = Activity(self.metrics, clock)
@@ -174,7 +197,7 @@ class Worker:
 
     def run(self, stop: threading.Event) -> None:
         """Process until `stop` is set, then shut down cleanly (see `_shutdown`)."""
-        self._consumer = make_consumer(
+        self._consumer = self._make_consumer(
             self.settings,
             self._on_assign,
             self._on_revoke,
@@ -185,14 +208,14 @@ class Worker:
         if self.settings.processing_guarantee == "exactly-once":
             self._checkpointer = TransactionalCommitter(
                 self._consumer,
-                lambda: make_producer(self.settings, self._on_producer_error),
+                lambda: self._make_producer(self.settings, self._on_producer_error),
                 self._tracker,
                 self._clock,
             )
         else:
             self._checkpointer = OffsetCommitter(
                 self._consumer,
-                make_producer(self.settings, self._on_producer_error),
+                self._make_producer(self.settings, self._on_producer_error),
                 self._tracker,
                 self.settings.shutdown_timeout_s,
             )
@@ -215,8 +238,7 @@ class Worker:
         # Paused partitions return nothing, but the call keeps the consumer in its
         # group (max.poll.interval.ms) and serves rebalances.
         room = max(1, min(CONSUME_MAX_RECORDS, self._max_in_flight - self._tracker.in_flight()))
-        for message in consumer.consume(room, self._poll_timeout()):
-            self._ingest(message)
+        self._read(consumer, room)
         # After the records a rebalance callback came with, which the rewind discards.
         if self._rewind_due:
             self._rewind()
@@ -240,6 +262,25 @@ class Worker:
         until_due = self._batcher.seconds_until_due()
         return MAX_POLL_BLOCK_S if until_due is None else min(until_due, MAX_POLL_BLOCK_S)
 
+    def _read(self, consumer: Consumer, room: int) -> None:
+        """Take up to `room` records, each tracked before the next is fetched.
+
+        One poll a record, not consume(n): a rebalance callback served in the
+        middle of a consume(n) call leaves the records fetched before it in the
+        same list as those after it, with nothing to tell them apart (a record
+        of a revoked partition, or one of its earlier assignment, would be
+        tracked as if of the new one). poll hands out a record only once every
+        callback before it has run, and librdkafka discards what a rebalance or
+        seek made outdated.
+        """
+        timeout = self._poll_timeout()
+        for _ in range(room):
+            message = consumer.poll(timeout)
+            if message is None:
+                return
+            self._ingest(message)
+            timeout = 0.0
+
     def _ingest(self, message: Message) -> None:
         if (error := message.error()) is not None:
             self._on_consume_error(error)
@@ -247,8 +288,12 @@ class Worker:
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         assert topic is not None and partition is not None and offset is not None
         self.metrics.consumed.labels(topic).inc()
-        self._first_read.setdefault((topic, partition), offset)
         epoch = self._tracker.track((topic, partition), offset)
+        if epoch is None:
+            self.metrics.stale_records.labels(topic).inc()
+            log.debug("dropped stale %s[%d]@%d: its owner reads it", topic, partition, offset)
+            return
+        self._first_read.setdefault((topic, partition), offset)
         pending = Pending(
             topic,
             partition,
@@ -544,11 +589,14 @@ class Worker:
             self.metrics.paused.set(0)
         consumer, _ = self._live()
         assignment = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+        fresh, self._fresh = self._fresh & assignment, self._fresh - assignment
         # Partitions assigned while paused are paused too; revoked ones drop out.
+        # A fresh one is set either way: it may come paused from an earlier
+        # assignment of it, whatever this worker's record of it says.
         change = (
-            assignment - self._paused_partitions
+            assignment - (self._paused_partitions - fresh)
             if self._paused
-            else self._paused_partitions & assignment
+            else (self._paused_partitions & assignment) | fresh
         )
         if change:
             partitions = [TopicPartition(topic, partition) for topic, partition in change]
@@ -591,9 +639,13 @@ class Worker:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels("assign").inc()
         for tp in partitions:
-            self._tracker.assign((tp.topic, tp.partition))
+            self._tracker.assign((tp.topic, tp.partition), tp.offset if tp.offset >= 0 else None)
             self._first_read.pop((tp.topic, tp.partition), None)
-        self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
+        fresh = {(tp.topic, tp.partition) for tp in partitions}
+        self._assigned |= fresh
+        # librdkafka keeps a partition's pause across its revocation or loss and
+        # a new assignment; backpressure sets each one as it wants it.
+        self._fresh |= fresh
         self.health.group_joined.set()
         log.info("assigned %s", _describe(partitions))
 
@@ -616,6 +668,7 @@ class Worker:
     def _forget(self, partitions: list[TopicPartition]) -> None:
         gone = {(tp.topic, tp.partition) for tp in partitions}
         self._assigned -= gone
+        self._fresh -= gone
         for tp in gone:
             self._tracker.revoke(tp)
             self._first_read.pop(tp, None)
@@ -637,8 +690,8 @@ class Worker:
         durable = self._live_checkpointer().durable_positions()
         restarts = []
         for tp in self._assigned:
-            self._tracker.assign(tp)
             offset = durable.get(tp, self._first_read.get(tp))
+            self._tracker.assign(tp, offset)
             if offset is not None:  # None: nothing read since it was assigned
                 self._first_read[tp] = offset
                 restarts.append(TopicPartition(tp[0], tp[1], offset))

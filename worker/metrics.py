@@ -101,6 +101,13 @@ class Metrics:
         self.rebalances = Counter(
             "zsc_rebalances_total", "Partition assignment changes, by kind.", ["kind"], registry=r
         )
+        self.stale_records = Counter(
+            "zsc_stale_records_total",
+            "Records dropped unread because their partition is not (or no longer) read from"
+            " there by this worker: fetched before a rebalance or seek; their owner reads them.",
+            ["topic"],
+            registry=r,
+        )
         self.inference_failures = Counter(
             "zsc_inference_failures_total", "Batches the model failed on.", registry=r
         )

@@ -15,6 +15,8 @@ class _PartitionState:
     done: set[int] = field(default_factory=set)
     next_offset: int | None = None
     taken: int | None = None
+    start: int | None = None
+    """Where reading this assignment begins, when known (a seek's target)."""
 
 
 class OffsetTracker:
@@ -34,9 +36,10 @@ class OffsetTracker:
         self._partitions: dict[TopicPartition, _PartitionState] = {}
         self._epochs = 0
 
-    def assign(self, tp: TopicPartition) -> int:
-        """Start tracking `tp` afresh; returns its epoch."""
+    def assign(self, tp: TopicPartition, start: int | None = None) -> int:
+        """Start tracking `tp` afresh, reading from `start` if known; returns its epoch."""
         state = self._partitions[tp] = self._new_state()
+        state.start = start
         return state.epoch
 
     def revoke(self, tp: TopicPartition) -> None:
@@ -48,14 +51,22 @@ class OffsetTracker:
         state = self._partitions.get(tp)
         return state.epoch if state else None
 
-    def track(self, tp: TopicPartition, offset: int) -> int:
-        """Record a consumed offset as in flight; returns the epoch to ack it with."""
+    def track(self, tp: TopicPartition, offset: int) -> int | None:
+        """Record a consumed offset as in flight; returns the epoch to ack it with.
+
+        None for a stale record, which is not tracked: its partition has no live
+        assignment here, or it lies below what this assignment already tracked
+        (a record fetched before a rebalance or seek, handed out after it). Its
+        partition's current owner reads it again.
+        """
         state = self._partitions.get(tp)
         if state is None:
-            state = self._partitions[tp] = self._new_state()
+            return None
         floor = state.pending[-1] + 1 if state.pending else state.next_offset
+        if floor is None:
+            floor = state.start
         if floor is not None and offset < floor:
-            raise ValueError(f"offset {offset} of {tp} tracked out of order (expected >= {floor})")
+            return None
         state.pending.append(offset)
         return state.epoch
 

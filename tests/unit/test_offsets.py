@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -50,12 +49,26 @@ def test_acks_of_an_earlier_assignment_are_ignored() -> None:
     assert tracker.position(TP) == 1
 
 
-def test_offsets_must_be_tracked_in_order() -> None:
+def test_a_record_below_what_is_tracked_is_stale_not_an_error() -> None:
+    # A record fetched before a rebalance or seek, handed out after it.
     tracker = OffsetTracker()
+    epoch = tracker.assign(TP)
+    assert tracker.track(TP, 4) == epoch
+    assert tracker.track(TP, 4) is None
+    assert tracker.track(TP, 0) is None
+    assert tracker.in_flight(TP) == 1
+    tracker.ack(TP, 4, epoch)
+    assert tracker.track(TP, 3) is None, "below the commit position too"
+    assert tracker.position(TP) == 5
+
+
+def test_a_record_of_a_partition_not_assigned_is_stale() -> None:
+    tracker = OffsetTracker()
+    assert tracker.track(TP, 0) is None
     tracker.assign(TP)
-    tracker.track(TP, 4)
-    with pytest.raises(ValueError):
-        tracker.track(TP, 4)
+    tracker.revoke(TP)
+    assert tracker.track(TP, 0) is None
+    assert tracker.in_flight() == 0 and tracker.position(TP) is None
 
 
 def test_partitions_are_independent() -> None:
