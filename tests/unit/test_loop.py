@@ -10,6 +10,9 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
 from config.settings import Settings
 from tests.integration.harness import make_settings
@@ -155,3 +158,41 @@ def test_shutdown_commits_what_was_delivered_and_closes() -> None:
         running.wait_until(running.all_committed, "everything committed")
     assert running.stub.closed
     assert sorted(running.outputs_of(P0)) == list(range(30)), "each once, in a clean run"
+
+
+PARTITIONS = [(TOPIC, p) for p in range(3)]
+rebalance_step = st.tuples(
+    st.sampled_from(["revoke", "lost", "assign", "stale"]), st.sampled_from(PARTITIONS)
+)
+
+
+@hyp_settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(rebalance_step, min_size=1, max_size=12), pause_often=st.booleans())
+def test_no_sequence_of_rebalances_and_stale_records_loses_or_stalls(
+    steps: list[tuple[str, Partition]], pause_often: bool
+) -> None:
+    logs = {tp: events(60) for tp in PARTITIONS}
+    with loop(settings(max_events=2 if pause_often else 8), logs) as running:
+        stub = running.stub
+        stub.rebalance("assign", PARTITIONS)
+        owned = set(PARTITIONS)
+        for kind, tp in steps:
+            running.wait_until(lambda: not stub.events and not stub.injected, "the last step")
+            if kind == "stale":
+                offset = stub.positions.get(tp, 0) // 2
+                stub.inject(StubMessage(tp[0], tp[1], offset, logs[tp][offset]))
+            elif kind == "assign":
+                if tp not in owned:
+                    stub.rebalance("assign", [tp])
+                    owned.add(tp)
+            elif tp in owned:
+                stub.rebalance(kind, [tp])
+                owned.discard(tp)
+        # A stale record is one fetched before a rebalance that was served after
+        # it: it never follows a rebalance scheduled after it.
+        running.wait_until(lambda: not stub.events and not stub.injected, "the last step")
+        stub.rebalance("assign", sorted(set(PARTITIONS) - owned))
+        running.wait_until(running.all_committed, "every partition read to its end")
+        running.wait_until(lambda: not stub.paused, "every partition resumed")
+    for tp in PARTITIONS:
+        assert set(running.outputs_of(tp)) == set(range(60)), f"nothing lost of {tp}"
