@@ -283,7 +283,7 @@ class Worker:
 
     def _ingest(self, message: Message) -> None:
         if (error := message.error()) is not None:
-            self._on_consume_error(error)
+            self._on_consumer_error(error)
             return
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         assert topic is not None and partition is not None and offset is not None
@@ -329,16 +329,8 @@ class Worker:
         for batch in self._batcher.add(pending, pairs, max_pair_tokens):
             self._submit(batch)
 
-    def _on_consume_error(self, error: KafkaError) -> None:
-        if error.fatal():
-            self._fatal = errors.KafkaError(
-                f"consumer failed: {error.str()}", code=error.code(), retriable=False
-            )
-        else:
-            log.warning("consumer: %s", error.str())
-
     def _on_consumer_error(self, error: KafkaError) -> None:
-        """The consumer's error callback (served by consume)."""
+        """The consumer's error callback (served by poll), and errors that poll hands out."""
         if error.fatal():
             self._fatal = errors.KafkaError(
                 f"the consumer failed: {error.str()}", code=error.code(), retriable=False
