@@ -17,13 +17,12 @@ from confluent_kafka import Consumer, Producer
 from config.settings import Settings
 from worker import errors
 from worker.app import Worker
+from worker.embedded.tansu import RECOMMENDED_SESSION_TIMEOUT_MS
 from worker.kafka.admin import ensure_topics
 from worker.tools import ResultRow, print_table
 
 # The demo gives up waiting for results after this long (a cold CPU model is slow).
 RESULTS_TIMEOUT_S = 300.0
-# Tansu's group join waits about half the session timeout: keep it short.
-DEMO_SESSION_TIMEOUT_MS = 6000
 
 POSTS = [
     "The striker scored twice in the last ten minutes to win the cup final.",
@@ -50,7 +49,7 @@ def demo_settings(bootstrap_servers: str, model: str) -> Settings:
         kafka={
             "bootstrap_servers": bootstrap_servers,
             "group_id": f"zsc-demo-{uuid.uuid4().hex[:8]}",
-            "consumer": {"session.timeout.ms": DEMO_SESSION_TIMEOUT_MS},
+            "consumer": {"session.timeout.ms": RECOMMENDED_SESSION_TIMEOUT_MS},
         },
         model={"name": model},
         batching={"max_events": 16, "max_wait_ms": 100},
@@ -141,7 +140,7 @@ def _collect(
             "bootstrap.servers": servers,
             "group.id": f"zsc-demo-reader-{uuid.uuid4().hex[:8]}",
             "auto.offset.reset": "earliest",
-            "session.timeout.ms": DEMO_SESSION_TIMEOUT_MS,
+            "session.timeout.ms": RECOMMENDED_SESSION_TIMEOUT_MS,
         }
     )
     consumer.subscribe([name for t in settings.topics for name in (t.output, t.dead_letter)])

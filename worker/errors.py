@@ -32,9 +32,5 @@ class KafkaError(ZscError):
         self.retriable = retriable
 
 
-class CommitError(KafkaError):
-    """Committing consumer offsets failed."""
-
-
 class ProduceError(KafkaError):
     """A record could not be handed to the producer."""

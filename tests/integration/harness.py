@@ -15,10 +15,11 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from config.settings import Settings
 from worker.app import Worker
+from worker.embedded.tansu import RECOMMENDED_SESSION_TIMEOUT_MS
 from worker.nli.base import Classifier
 
 # Tansu's group join waits about half the session timeout; Apache Kafka does not mind.
-SESSION_TIMEOUT_MS = 6000
+SESSION_TIMEOUT_MS = RECOMMENDED_SESSION_TIMEOUT_MS
 READ_TIMEOUT_S = 120.0
 REFERENCE_BATCH_SIZE = 32
 
