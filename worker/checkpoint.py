@@ -26,7 +26,7 @@ from typing import Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from worker.kafka.clients import translate
-from worker.offsets import OffsetTracker
+from worker.offsets import OffsetTracker, Partition
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,6 @@ DELIVERY_WAIT_S = 1.0
 # or after transaction.timeout.ms (10 s) when a request to the coordinator
 # times out; this leaves room for both.
 SEND_OFFSETS_DEADLINE_S = 30.0
-
-Partition = tuple[str, int]
 
 
 class Checkpointer(Protocol):

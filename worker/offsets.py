@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-TopicPartition = tuple[str, int]
+Partition = tuple[str, int]
+"""A topic and partition number (confluent_kafka.TopicPartition also carries an offset)."""
 
 
 @dataclass(slots=True)
@@ -33,25 +34,25 @@ class OffsetTracker:
     """
 
     def __init__(self) -> None:
-        self._partitions: dict[TopicPartition, _PartitionState] = {}
+        self._partitions: dict[Partition, _PartitionState] = {}
         self._epochs = 0
 
-    def assign(self, tp: TopicPartition, start: int | None = None) -> int:
+    def assign(self, tp: Partition, start: int | None = None) -> int:
         """Start tracking `tp` afresh, reading from `start` if known; returns its epoch."""
         state = self._partitions[tp] = self._new_state()
         state.start = start
         return state.epoch
 
-    def revoke(self, tp: TopicPartition) -> None:
+    def revoke(self, tp: Partition) -> None:
         """Forget `tp`: its in-flight offsets will be re-read by its next owner."""
         self._partitions.pop(tp, None)
 
-    def epoch(self, tp: TopicPartition) -> int | None:
+    def epoch(self, tp: Partition) -> int | None:
         """The current epoch of `tp`, or None when it is not assigned."""
         state = self._partitions.get(tp)
         return state.epoch if state else None
 
-    def track(self, tp: TopicPartition, offset: int) -> int | None:
+    def track(self, tp: Partition, offset: int) -> int | None:
         """Record a consumed offset as in flight; returns the epoch to ack it with.
 
         None for a stale record, which is not tracked: its partition has no live
@@ -70,7 +71,7 @@ class OffsetTracker:
         state.pending.append(offset)
         return state.epoch
 
-    def ack(self, tp: TopicPartition, offset: int, epoch: int) -> bool:
+    def ack(self, tp: Partition, offset: int, epoch: int) -> bool:
         """Mark an offset done; False when it belongs to an earlier assignment."""
         state = self._partitions.get(tp)
         if state is None or state.epoch != epoch:
@@ -82,12 +83,12 @@ class OffsetTracker:
             state.next_offset = head + 1
         return True
 
-    def is_current(self, tp: TopicPartition, epoch: int) -> bool:
+    def is_current(self, tp: Partition, epoch: int) -> bool:
         """Whether `epoch` is the live assignment of `tp`."""
         state = self._partitions.get(tp)
         return state is not None and state.epoch == epoch
 
-    def take_committable(self) -> dict[TopicPartition, int]:
+    def take_committable(self) -> dict[Partition, int]:
         """Commit positions that advanced since the last call (offset of the next record)."""
         advanced = {}
         for tp, state in self._partitions.items():
@@ -95,12 +96,12 @@ class OffsetTracker:
                 advanced[tp] = state.taken = state.next_offset
         return advanced
 
-    def position(self, tp: TopicPartition) -> int | None:
+    def position(self, tp: Partition) -> int | None:
         """The commit position of `tp`: one past its longest done prefix."""
         state = self._partitions.get(tp)
         return state.next_offset if state else None
 
-    def in_flight(self, tp: TopicPartition | None = None) -> int:
+    def in_flight(self, tp: Partition | None = None) -> int:
         """Offsets consumed but not yet committable, for one partition or all."""
         if tp is not None:
             state = self._partitions.get(tp)

@@ -18,7 +18,7 @@ from typing import Any
 
 from confluent_kafka import TopicPartition
 
-Partition = tuple[str, int]
+from worker.offsets import Partition
 
 
 @dataclass(slots=True)
