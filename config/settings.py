@@ -361,14 +361,37 @@ class TopicSettings(_Section):
     def _consistent(self) -> TopicSettings:
         if not self.dead_letter:
             object.__setattr__(self, "dead_letter", f"{self.input}.dlq")
-        if self.input in (self.output, self.dead_letter, *self.extra_outputs):
-            raise ValueError(f"outputs must differ from the input {self.input!r}")
         known = self.all_label_names
         if unknown := set(self.calibration.thresholds) - known:
             raise ValueError(f"calibration.thresholds name unknown labels {sorted(unknown)}")
         if unknown := {r.label for r in self.routes if r.label is not None} - known:
             raise ValueError(f"routes name unknown labels {sorted(unknown)}")
         return self
+
+
+def topic_loops(topics: list[TopicSettings]) -> list[str]:
+    """Each output, route or dead-letter topic that is also an input topic, by its key.
+
+    The worker would consume such a topic's records again and classify them forever.
+    """
+    inputs = {topic.input: index for index, topic in enumerate(topics)}
+    loops: list[str] = []
+    for index, topic in enumerate(topics):
+        written = [
+            (f"topics.{index}.output", topic.output),
+            *(
+                (f"topics.{index}.routes.{n}.topic", name)
+                for n, name in enumerate(topic.extra_outputs)
+            ),
+            (f"topics.{index}.dead_letter", topic.dead_letter),
+        ]
+        for key, name in written:
+            if name in inputs:
+                loops.append(
+                    f"{key}: {name!r} is also an input topic (topics.{inputs[name]}.input),"
+                    " so its records would be consumed again and classified forever"
+                )
+    return loops
 
 
 def _milliseconds(properties: Mapping[str, PropertyValue], name: str, default: int) -> int | None:
@@ -426,11 +449,8 @@ class Settings(BaseSettings):
         inputs = [topic.input for topic in self.topics]
         if len(set(inputs)) != len(inputs):
             raise ValueError("each input topic may appear once")
-        outputs = {
-            name for t in self.topics for name in (t.output, t.dead_letter, *t.extra_outputs)
-        }
-        if looped := outputs & set(inputs):
-            raise ValueError(f"topics {sorted(looped)} are both input and output")
+        if loops := topic_loops(self.topics):
+            raise ValueError("; ".join(loops))
         return self
 
     @model_validator(mode="after")

@@ -86,7 +86,6 @@ def test_bad_values_name_the_key_and_reason(
             "hypothesis_template",
             "{}",
         ),
-        ("{input: a, output: a, labels: [x]}", "topics.0", "must differ from the input"),
         ("{input: a, output: b, labels: [x], threshold: 2}", "topics.0.threshold", "less than"),
         ("{output: b, labels: [x]}", "topics.0.input", "Field required"),
     ],
@@ -105,6 +104,71 @@ def test_topics_are_required_and_inputs_distinct(tmp_path: Path) -> None:
     twice = MINIMAL + "  - {input: posts, output: other, labels: [x]}\n"
     with pytest.raises(ConfigError, match="each input topic may appear once"):
         load_settings(write(tmp_path, twice), environ={})
+
+
+LOOP_REASON = "is also an input topic"
+CONSUMED_AGAIN = "its records would be consumed again"
+
+
+@pytest.mark.parametrize(
+    ("topics", "key"),
+    [
+        (
+            "  - {input: posts, output: posts.out, labels: [x]}\n"
+            "  - {input: comments, output: posts, labels: [x]}\n",
+            "topics.1.output: 'posts'",
+        ),
+        ("  - {input: posts, output: posts, labels: [x]}\n", "topics.0.output: 'posts'"),
+        (
+            "  - {input: posts, output: posts.out, labels: [x],"
+            " routes: [{topic: comments, none_above: 0.5}]}\n"
+            "  - {input: comments, output: comments.out, labels: [x]}\n",
+            "topics.0.routes.0.topic: 'comments'",
+        ),
+        (
+            "  - {input: posts, output: posts.out, labels: [x], dead_letter: comments}\n"
+            "  - {input: comments, output: comments.out, labels: [x]}\n",
+            "topics.0.dead_letter: 'comments'",
+        ),
+        (
+            "  - {input: posts, output: posts.out, labels: [x]}\n"
+            "  - {input: posts.dlq, output: other, labels: [x]}\n",
+            "topics.0.dead_letter: 'posts.dlq'",
+        ),
+    ],
+    ids=["output-other-input", "output-own-input", "route", "dead-letter", "default-dead-letter"],
+)
+def test_a_topic_written_and_also_read_is_refused_by_its_key(
+    tmp_path: Path, topics: str, key: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, "topics:\n" + topics), environ={})
+    message = str(caught.value)
+    assert key in message and LOOP_REASON in message and CONSUMED_AGAIN in message
+
+
+def test_topics_that_write_elsewhere_load(tmp_path: Path) -> None:
+    topics = (
+        "topics:\n"
+        "  - {input: posts, output: posts.out, labels: [x],"
+        " routes: [{topic: posts.unsure, none_above: 0.5}]}\n"
+        "  - {input: comments, output: posts.out, labels: [x], dead_letter: posts.dlq}\n"
+    )
+    settings = load_settings(write(tmp_path, topics), environ={})
+    assert [t.dead_letter for t in settings.topics] == ["posts.dlq", "posts.dlq"]
+
+
+def test_run_exits_with_the_config_status_and_the_looping_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from worker import cli
+
+    config = write(tmp_path, "topics: [{input: posts, output: posts, labels: [x]}]\n")
+    # A model that does not exist: had it been loaded first, this would be a model error.
+    argv = ["run", "--config", str(config), "--model", str(tmp_path / "nothing")]
+    assert cli.main(argv) == cli.EXIT_CONFIG
+    stderr = capsys.readouterr().err
+    assert "topics.0.output: 'posts'" in stderr and CONSUMED_AGAIN in stderr
 
 
 def test_unreadable_or_invalid_files_are_config_errors(tmp_path: Path) -> None:
