@@ -27,7 +27,7 @@ fortunes:
 
 # Apache Kafka's jars from Maven Central, fetched once into a cache outside the repo.
 kafka: $(STAMP)
-	@if command -v java >/dev/null && command -v mvn >/dev/null; then $(PY) -m worker.embedded.apache_kafka fetch; \
+	@if command -v java >/dev/null && command -v mvn >/dev/null; then $(PY) -m tests.brokers.apache_kafka fetch; \
 	else echo "no java+mvn: integration tests use Docker or the embedded Tansu broker"; fi
 
 test: $(STAMP) fortunes kafka

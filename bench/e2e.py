@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from bench.report import ScoreMap
 from bench.serve import ServeSpec
-from worker.embedded import apache_kafka
+from tests.brokers import apache_kafka
 from worker.embedded.base import EmbeddedBroker, log_tail
 from worker.embedded.tansu import TansuBroker
 

@@ -30,8 +30,8 @@ import pytest
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from worker.embedded import apache_kafka
-from worker.embedded.apache_kafka import ApacheKafkaBroker
+from tests.brokers import apache_kafka
+from tests.brokers.apache_kafka import ApacheKafkaBroker
 from worker.embedded.tansu import TansuBroker
 
 if TYPE_CHECKING:

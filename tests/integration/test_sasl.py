@@ -25,8 +25,8 @@ from tests.integration.faults.support import (
     worker_processes,
     write_config,
 )
-from worker.embedded import apache_kafka
-from worker.embedded.apache_kafka import ApacheKafkaBroker
+from tests.brokers import apache_kafka
+from tests.brokers.apache_kafka import ApacheKafkaBroker
 from worker.embedded.base import LOOPBACK, free_loopback_ports
 
 USER, PASSWORD = "zsc", "s3cret-only-librdkafka-sees"

@@ -11,7 +11,7 @@ Each `ApacheKafkaBroker` is one KRaft node (broker and controller in one JVM)
 on free loopback ports, with its data and log in a temporary directory.
 
 CI fetches the jars in a step of its own, so the download is visible and
-happens once: `python -m worker.embedded.apache_kafka fetch`.
+happens once: `python -m tests.brokers.apache_kafka fetch`.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def kafka_version() -> str:
     root = ET.fromstring(_pom_text())
     version = root.findtext("m:properties/m:kafka.version", namespaces=_MAVEN_NS)
     if not version:
-        raise BrokerError(f"{_POM} of worker.embedded has no <kafka.version> property")
+        raise BrokerError(f"{_POM} of tests.brokers has no <kafka.version> property")
     return version.strip()
 
 
@@ -382,7 +382,7 @@ def _directory_size(path: Path) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """`fetch` the jars once (CI's pre-test step), or `serve` a broker until Ctrl-C."""
     parser = argparse.ArgumentParser(
-        prog="python -m worker.embedded.apache_kafka", description=__doc__.splitlines()[0]
+        prog="python -m tests.brokers.apache_kafka", description=__doc__.splitlines()[0]
     )
     commands = parser.add_subparsers(dest="command", required=True)
     fetch_parser = commands.add_parser("fetch", help="resolve the broker's jars into the cache")

@@ -1,0 +1,1 @@
+"""Brokers the tests start: Apache Kafka from Maven Central (one node, or a KRaft cluster)."""
