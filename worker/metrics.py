@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import (
@@ -117,6 +118,11 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+
+    def observe_end_to_end(self, timestamp_ms: int) -> None:
+        """Time from an input record's timestamp to its output's acknowledgement, if it has one."""
+        if timestamp_ms > 0:
+            self.end_to_end_seconds.observe(max(0.0, time.time() - timestamp_ms / 1000))
 
     def observe_cache_lookup(self, hit: bool) -> None:
         """Count one result cache lookup."""

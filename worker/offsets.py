@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from confluent_kafka import TopicPartition
 
 Partition = tuple[str, int]
 """A topic and partition number (confluent_kafka.TopicPartition also carries an offset)."""
@@ -100,6 +103,18 @@ class OffsetTracker:
         """The commit position of `tp`: one past its longest done prefix."""
         state = self._partitions.get(tp)
         return state.next_offset if state else None
+
+    def positions(
+        self, partitions: Iterable[TopicPartition], wanted: set[Partition] | None = None
+    ) -> list[TopicPartition]:
+        """The commit positions of those of `partitions` (in `wanted`, if given) that have one."""
+        offsets = []
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            position = self.position(key)
+            if position is not None and (wanted is None or key in wanted):
+                offsets.append(TopicPartition(tp.topic, tp.partition, position))
+        return offsets
 
     def in_flight(self, tp: Partition | None = None) -> int:
         """Offsets consumed but not yet committable, for one partition or all."""

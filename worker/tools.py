@@ -14,9 +14,9 @@ from confluent_kafka import Consumer, KafkaException, Producer
 from tqdm import tqdm
 
 from worker import errors
-from worker.app import ERROR_TYPE
 from worker.kafka.clients import translate
 from worker.kafka.records import AnyHeaders
+from worker.outputs import ERROR_TYPE
 
 TEXT_WIDTH = 58
 TOPIC_WIDTH = 22

@@ -19,14 +19,14 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from tests.brokers import apache_kafka
+from tests.brokers.apache_kafka import ApacheKafkaBroker
 from tests.integration.faults.support import (
     WorkerProcess,
     topics_config,
     worker_processes,
     write_config,
 )
-from tests.brokers import apache_kafka
-from tests.brokers.apache_kafka import ApacheKafkaBroker
 from worker.embedded.base import LOOPBACK, free_loopback_ports
 
 USER, PASSWORD = "zsc", "s3cret-only-librdkafka-sees"

@@ -64,9 +64,9 @@ class StubConsumer:
     """A consumer of in-memory partition logs with librdkafka's rebalance and pause behaviour."""
 
     logs: dict[Partition, list[bytes]]
-    on_assign: Callback
-    on_revoke: Callback
-    on_lost: Callback
+    on_assign: Callback | None = None
+    on_revoke: Callback | None = None
+    on_lost: Callback | None = None
     assigned: set[Partition] = field(default_factory=set)
     paused: set[Partition] = field(default_factory=set)
     positions: dict[Partition, int] = field(default_factory=dict)
@@ -74,6 +74,15 @@ class StubConsumer:
     events: deque[tuple[str, list[Partition]]] = field(default_factory=deque)
     injected: deque[StubMessage] = field(default_factory=deque)
     closed: bool = False
+
+    def subscribe(
+        self,
+        topics: list[str],
+        on_assign: Callback,
+        on_revoke: Callback,
+        on_lost: Callback,
+    ) -> None:
+        self.on_assign, self.on_revoke, self.on_lost = on_assign, on_revoke, on_lost
 
     def rebalance(self, kind: str, partitions: Iterable[Partition]) -> None:
         """Schedule a rebalance ("assign", "revoke" or "lost"), served by the next poll."""
@@ -97,6 +106,7 @@ class StubConsumer:
 
     def _serve(self, kind: str, partitions: list[Partition]) -> None:
         tps = [TopicPartition(topic, partition) for topic, partition in partitions]
+        assert self.on_assign and self.on_revoke and self.on_lost, "not subscribed"
         if kind == "assign":
             self.on_assign(self, tps)
             self.assigned |= set(partitions)

@@ -59,8 +59,8 @@ class Loop:
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
 
-    def _consumer(self, _settings: Settings, on_assign: Any, on_revoke: Any, on_lost: Any, *_: Any):  # type: ignore[no-untyped-def]
-        self.consumer = StubConsumer(self.logs, on_assign, on_revoke, on_lost)
+    def _consumer(self, _settings: Settings, _on_error: Any) -> Any:
+        self.consumer = StubConsumer(self.logs)
         self.ready.set()
         return self.consumer
 

@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from pydantic import SecretStr
@@ -24,7 +24,6 @@ PREFETCH_KBYTES = 16_384
 # See consumer_config: how often stored offsets are committed (at-least-once).
 AUTO_COMMIT_INTERVAL_MS = 1_000
 
-RebalanceCallback = Callable[[Consumer, list[TopicPartition]], None]
 ErrorCallback = Callable[[KafkaError], None]
 
 # Client errors that mean no broker can be reached: the worker is not ready.
@@ -166,21 +165,25 @@ def _plain(properties: Mapping[str, PropertyValue]) -> dict[str, Any]:
     }
 
 
-def make_consumer(
-    settings: Settings,
-    on_assign: RebalanceCallback,
-    on_revoke: RebalanceCallback,
-    on_lost: RebalanceCallback,
-    topics: list[str],
-    on_error: ErrorCallback | None = None,
-) -> Consumer:
-    """A consumer subscribed to the input topics with the worker's rebalance callbacks."""
-    consumer = make_consumer_unsubscribed(settings, on_error)
+class RebalanceListener(Protocol):
+    """What the consumer tells of the assignment (worker.rebalance.Rebalance)."""
+
+    def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None: ...
+    def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None: ...
+    def on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None: ...
+
+
+def subscribe(consumer: Consumer, topics: list[str], listener: RebalanceListener) -> None:
+    """Subscribe to the input topics; the listener hears of every change of assignment."""
     try:
-        consumer.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
+        consumer.subscribe(
+            topics,
+            on_assign=listener.on_assign,
+            on_revoke=listener.on_revoke,
+            on_lost=listener.on_lost,
+        )
     except KafkaException as exc:
         raise translate(exc, "cannot subscribe") from None
-    return consumer
 
 
 def make_producer(settings: Settings, on_error: ErrorCallback | None = None) -> Producer:

@@ -26,7 +26,7 @@ from tests.integration.faults.support import (
     wait_until,
 )
 from tests.integration.harness import SESSION_TIMEOUT_MS, RunningWorker, make_settings
-from worker.app import IN_FLIGHT_BATCHES
+from worker.flow import IN_FLIGHT_BATCHES
 from worker.kafka.clients import PREFETCH_KBYTES
 from worker.metrics import Metrics
 from worker.nli.fake import FakeClassifier

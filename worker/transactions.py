@@ -1,12 +1,8 @@
-"""When and how processed offsets become committed: the two delivery guarantees.
+"""Exactly-once: outputs and consumed offsets committed in one Kafka transaction.
 
-At-least-once: an offset counts as done when the broker acknowledged its
-output; done offsets are stored and committed by the consumer.
-
-Exactly-once: outputs and offsets go into one Kafka transaction. Outputs are
-produced in the input order of each partition, so at any moment the records
-of the open transaction are exactly those of the offsets below the positions
-it will commit; an offset counts as done as soon as its output is produced.
+Outputs are produced in the input order of each partition, so at any moment
+the records of the open transaction are exactly those of the offsets below the
+positions it will commit; an offset counts as done as soon as its output is produced.
 A transaction that has to be aborted takes its outputs with it: the worker
 then rewinds to where it last committed (`durable_positions`) and redoes them.
 A transactional producer that fails for good (fenced: the coordinator aborts a
@@ -21,7 +17,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
@@ -48,136 +43,6 @@ DELIVERY_WAIT_S = 1.0
 # or after transaction.timeout.ms (10 s) when a request to the coordinator
 # times out; this leaves room for both.
 SEND_OFFSETS_DEADLINE_S = 30.0
-
-
-class Checkpointer(Protocol):
-    """The delivery guarantee's part of the loop.
-
-    `checkpoint`, `revoked` and `lost` return False when work that was done is
-    lost (an aborted transaction): the caller then rewinds every partition to
-    its `durable_positions` entry (or where it started reading it) and redoes it.
-    """
-
-    ack_on_produce: bool
-    """True when producing an output is enough for its offset to be done."""
-
-    @property
-    def producer(self) -> Producer:
-        """The producer of outputs and dead-letter records, now."""
-        ...
-
-    @property
-    def producing(self) -> bool:
-        """Whether records may be produced now; not while a transaction ends."""
-        ...
-
-    def start(self) -> None:
-        """Prepare the producer (transactions) before the first record."""
-        ...
-
-    def checkpoint(self, force: bool = False) -> bool:
-        """Make done offsets durable when due (now if `force`); False if work was lost."""
-        ...
-
-    def revoked(self, partitions: list[TopicPartition]) -> bool:
-        """Partitions are leaving: make what is done of them durable now."""
-        ...
-
-    def lost(self) -> bool:
-        """Partitions were lost: nothing not yet durable may become so."""
-        ...
-
-    def abandon(self) -> bool:
-        """The open transaction refuses records (it must abort): give up its work."""
-        ...
-
-    def record_failed(self) -> None:
-        """A record of the open transaction was not delivered."""
-        ...
-
-    def durable_positions(self) -> Mapping[Partition, int]:
-        """Per partition, the position this worker made durable last (where a rewind restarts)."""
-        ...
-
-
-def _positions(
-    tracker: OffsetTracker, assignment: list[TopicPartition], wanted: set[Partition] | None
-) -> list[TopicPartition]:
-    offsets = []
-    for tp in assignment:
-        key = (tp.topic, tp.partition)
-        position = tracker.position(key)
-        if position is not None and (wanted is None or key in wanted):
-            offsets.append(TopicPartition(tp.topic, tp.partition, position))
-    return offsets
-
-
-class OffsetCommitter:
-    """At-least-once: store done offsets for auto-commit; commit synchronously when asked."""
-
-    ack_on_produce = False
-    producing = True
-
-    def __init__(
-        self, consumer: Consumer, producer: Producer, tracker: OffsetTracker, flush_timeout_s: float
-    ) -> None:
-        self._consumer = consumer
-        self.producer = producer
-        self._tracker = tracker
-        self._flush_timeout_s = flush_timeout_s
-
-    def start(self) -> None:
-        """Nothing to prepare."""
-
-    def checkpoint(self, force: bool = False) -> bool:
-        """Store what advanced; with `force`, also commit it synchronously."""
-        self._store()
-        if force:
-            self._commit(None)
-        return True
-
-    def revoked(self, partitions: list[TopicPartition]) -> bool:
-        """Deliver what was produced, then commit the revoked partitions' done offsets."""
-        self.producer.flush(self._flush_timeout_s)
-        self._store()
-        self._commit({(tp.topic, tp.partition) for tp in partitions})
-        return True
-
-    def lost(self) -> bool:
-        """Nothing to undo: lost partitions' offsets are simply not committed."""
-        return True
-
-    def abandon(self) -> bool:
-        """Nothing to give up: there are no transactions here."""
-        return True
-
-    def record_failed(self) -> None:
-        """Nothing to do: the worker produces the record again."""
-
-    def durable_positions(self) -> Mapping[Partition, int]:
-        """The delivered positions: nothing delivered is ever undone here."""
-        positions = _positions(self._tracker, self._consumer.assignment(), None)
-        return {(tp.topic, tp.partition): tp.offset for tp in positions}
-
-    def _store(self) -> None:
-        committable = self._tracker.take_committable()
-        if not committable:
-            return
-        offsets = [TopicPartition(t, p, o) for (t, p), o in committable.items()]
-        try:
-            self._consumer.store_offsets(offsets=offsets)
-        except KafkaException as exc:
-            # A partition revoked meanwhile: its new owner starts from the last commit.
-            log.info("%s", translate(exc, "storing offsets"))
-
-    def _commit(self, wanted: set[Partition] | None) -> None:
-        offsets = _positions(self._tracker, self._consumer.assignment(), wanted)
-        if not offsets:
-            return
-        try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as exc:
-            log.warning("%s", translate(exc, "committing offsets"))
 
 
 class _Transaction(enum.Enum):
@@ -239,8 +104,6 @@ class TransactionalCommitter:
     `producing` is False. `make_producer` makes the transactional producer, at
     start and to replace one that failed for good or got stuck.
     """
-
-    ack_on_produce = True
 
     def __init__(
         self,
@@ -357,7 +220,7 @@ class TransactionalCommitter:
         # mean an empty transaction: nothing to commit.
         offsets = [
             tp
-            for tp in _positions(self._tracker, self._consumer.assignment(), None)
+            for tp in self._tracker.positions(self._consumer.assignment())
             if self._committed.get((tp.topic, tp.partition)) != tp.offset
         ]
         # Every record delivered first, or its failure known: offsets sent to a

@@ -8,10 +8,10 @@ from collections.abc import Callable
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from worker import checkpoint
-from worker.checkpoint import TransactionalCommitter
+from worker import transactions
 from worker.errors import KafkaError as ZscKafkaError
 from worker.offsets import OffsetTracker
+from worker.transactions import TransactionalCommitter
 
 TP = ("posts", 0)
 
@@ -226,7 +226,7 @@ def test_a_record_that_failed_aborts_the_transaction_before_its_offsets_are_sent
 def test_a_send_offsets_call_stuck_past_its_deadline_replaces_the_producer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(checkpoint, "SEND_OFFSETS_DEADLINE_S", 0.05)
+    monkeypatch.setattr(transactions, "SEND_OFFSETS_DEADLINE_S", 0.05)
     first, second = StubProducer(), StubProducer()
     checkpointer, tracker = committer([first, second])
     produce(tracker, 0)
@@ -251,7 +251,7 @@ def test_offsets_being_sent_do_not_block_the_loop_and_a_stuck_call_is_given_up(
         clock.now = 1.0
         assert checkpointer.checkpoint(), "the loop goes on while the offsets are sent"
         assert not checkpointer.producing, "nothing is produced into the transaction meanwhile"
-        clock.now += checkpoint.SEND_OFFSETS_DEADLINE_S
+        clock.now += transactions.SEND_OFFSETS_DEADLINE_S
         assert not checkpointer.checkpoint()
         assert checkpointer.producer is second and checkpointer.producing
     finally:

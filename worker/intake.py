@@ -1,0 +1,93 @@
+"""Intake: a consumed record becomes a tracked, decoded, routed and tokenized event."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from confluent_kafka import Message
+
+from worker import serde
+from worker.inflight import InFlightEvent
+from worker.kafka.records import headers_of
+from worker.metrics import Metrics
+from worker.nli.base import Classifier, EncodedEvent
+from worker.offsets import OffsetTracker
+from worker.routing import Router
+
+log = logging.getLogger(__name__)
+
+
+class Intake:
+    """Turns records into in-flight events; the tokenizer runs here, on the polling thread."""
+
+    def __init__(
+        self,
+        router: Router,
+        classifier: Classifier,
+        tracker: OffsetTracker,
+        metrics: Metrics,
+        clock: Callable[[], float],
+    ) -> None:
+        self._router = router
+        self._classifier = classifier
+        self._tracker = tracker
+        self._metrics = metrics
+        self._clock = clock
+
+    def take(self, message: Message) -> InFlightEvent | None:
+        """The record as an event in flight; None for a stale record, which is dropped.
+
+        A record is stale when its partition has no live assignment here, or it
+        lies below what the assignment already read (fetched before a rebalance
+        or seek, handed out after it): its partition's owner reads it again.
+        An event that cannot be decoded or tokenized carries its rejection and
+        rides through the batch unscored, so that every partition's results
+        are produced in offset order (which exactly-once relies on).
+        """
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        assert topic is not None and partition is not None and offset is not None
+        self._metrics.consumed.labels(topic).inc()
+        epoch = self._tracker.track((topic, partition), offset)
+        if epoch is None:
+            self._metrics.stale_records.labels(topic).inc()
+            log.debug("dropped stale %s[%d]@%d: its owner reads it", topic, partition, offset)
+            return None
+        event = InFlightEvent(
+            topic,
+            partition,
+            offset,
+            epoch,
+            message.key(),
+            message.value(),
+            headers_of(message),
+            message.timestamp()[1],
+            self._router.route(topic),
+            self._clock(),
+        )
+        decoded = serde.decode_event(event.value, event.route)
+        if isinstance(decoded, serde.Rejection):
+            event.rejection = decoded
+            return event
+        event.decoded = decoded
+        task = event.route.task_for(decoded.labels)
+        try:
+            with self._metrics.tokenization_seconds.time():
+                event.encoded = self._classifier.encode(decoded.text, task)
+        except Exception as exc:
+            # A text the tokenizer cannot take is that event's problem, not the worker's.
+            reason = f"the text cannot be tokenized: {exc}"
+            event.rejection = serde.Rejection(serde.INFERENCE_FAILED, reason)
+        return event
+
+
+def batch_cost(event: InFlightEvent) -> tuple[int, int]:
+    """What the event adds to a batch: its premise/hypothesis pairs and its longest pair."""
+    if event.encoded is None:
+        return 0, 0
+    return event.encoded.pair_count, event.encoded.max_pair_tokens
+
+
+def encoded(event: InFlightEvent) -> EncodedEvent | None:
+    """What the model scores of the event; None for an event that rides along unscored."""
+    return event.encoded
