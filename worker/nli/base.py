@@ -84,14 +84,14 @@ class Task:
 class EncodedEvent:
     """An event's text, tokenized once, with the length of each premise/hypothesis pair.
 
-    `premise` is private to the classifier that made it; `pair_tokens[i]` is the
+    `pairs` is private to the classifier that made it; `pair_tokens[i]` is the
     length of the pair for `task.hypotheses()[i]`, special tokens included, as
     the model will see it (after truncation).
     """
 
     text: str
     task: Task
-    premise: object
+    pairs: object
     pair_tokens: tuple[int, ...]
 
     @property

@@ -1,29 +1,24 @@
 """The NLI zero-shot classifier: premise/hypothesis pairs through a transformers model.
 
-`encode` tokenizes an event's text once and assembles its pairs with the
-tokenizer's own post-processor, so every pair is exactly what
-`tokenizer(premise, hypothesis, truncation="only_first")` gives, as in
-transformers' zero-shot pipeline. `classify` scores identical events once,
-sorts all pairs by length and cuts them into forward batches under a padded
-token budget (as text-embeddings-inference does), then applies the pipeline's
-scoring math to the gathered logits.
+`encode` turns an event into its premise/hypothesis pairs (worker.nli.pairs).
+`classify` scores identical events once, sorts all pairs by length and cuts
+them into forward batches under a padded token budget (worker.nli.budget),
+then applies the pipeline's scoring math to the gathered logits.
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 import torch
-from tokenizers import Encoding, Tokenizer
-from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from worker.errors import ConfigError, InferenceError, ModelError
 from worker.nli.base import EncodedEvent, Scores, Task
+from worker.nli.budget import default_max_batch_tokens, default_min_batch_tokens, plan_batches
 from worker.nli.labels import LabelIds, resolve_label_ids
 from worker.nli.loading import (
     INT8,
@@ -33,138 +28,7 @@ from worker.nli.loading import (
     resolve_device,
     resolve_dtype,
 )
-
-# Padded tokens per forward batch when the caller does not say. On a CPU the
-# matrix products already run at full speed with a few thousand tokens, and
-# bigger batches only add padding and memory.
-CPU_MAX_BATCH_TOKENS = 4096
-# A GPU needs many rows in flight. distilbart-mnli-12-3's shape in bfloat16 on
-# an H200: 111k tokens/s at 8192, 298k at 32768, 344k at 65536 (2.0 GiB peak),
-# 358k at 131072 (3.6 GiB); past 65536 memory grows faster than throughput.
-# With batches queued without a wait each and the padding guard below, one
-# H200 run (bench/gpu.sh, after a warm pass) gave 586k tokens/s at 16384.
-CUDA_MAX_BATCH_TOKENS = 65536
-
-# Padding is work thrown away, so a batch also closes before a pair this much
-# shorter than its width, once it is big enough to run at full speed: from
-# MIN_BATCH_TOKENS real tokens. On two AVX2 cores a 1024x4096 float32 product
-# runs at ~70% of peak with 64 rows and ~90% from 256; 512 keeps clear of the
-# slope. A GPU needs far more rows (see CUDA_MAX_BATCH_TOKENS).
-MAX_PADDING = 0.1
-CPU_MIN_BATCH_TOKENS = 512
-CUDA_MIN_BATCH_TOKENS = 32768
-
-# Tokenized hypotheses kept for reuse. A topic has a handful of labels, but
-# events may bring their own, so the cache is bounded.
-HYPOTHESIS_CACHE_SIZE = 4096
-
-# transformers treats a model_max_length above this as "no limit" and then
-# does not truncate at all (tokenization_utils_base.LARGE_INTEGER).
-NO_LENGTH_LIMIT = 10**20
-
-# Position ids of the RoBERTa family start after the padding index
-# (pad_token_id + 1), so that many position embeddings are never usable.
-POSITION_OFFSETS = {"roberta": 2, "xlm-roberta": 2, "camembert": 2}
-
-
-@dataclass(frozen=True, slots=True)
-class _Pairs:
-    """An event's model-ready pairs, kept in `EncodedEvent.premise`."""
-
-    input_ids: tuple[list[int], ...]
-    token_type_ids: tuple[list[int], ...]
-    # Pairs whose keys differ never share a forward batch (see `_batch_key`).
-    batch_keys: tuple[int, ...]
-
-
-def default_max_batch_tokens(device: torch.device) -> int:
-    """The padded-token budget per forward batch that suits `device`."""
-    return CUDA_MAX_BATCH_TOKENS if device.type == "cuda" else CPU_MAX_BATCH_TOKENS
-
-
-def default_min_batch_tokens(device: torch.device) -> int:
-    """The real tokens from which a batch on `device` runs at full speed (see MAX_PADDING)."""
-    return CUDA_MIN_BATCH_TOKENS if device.type == "cuda" else CPU_MIN_BATCH_TOKENS
-
-
-def position_limit(config: PretrainedConfig) -> int | None:
-    """The longest input the model's absolute position embeddings can take.
-
-    None when positions are relative only (DeBERTa-v3), where length is not capped.
-    """
-    if getattr(config, "position_biased_input", True) is False:
-        return None
-    if getattr(config, "position_embedding_type", "absolute") != "absolute":
-        return None
-    limit = getattr(config, "max_position_embeddings", None)
-    if not isinstance(limit, int):
-        return None
-    return limit - POSITION_OFFSETS.get(config.model_type, 0)
-
-
-def fit_pair(
-    premise_len: int,
-    hypothesis_len: int,
-    special_tokens: int,
-    max_length: int | None,
-    hard_limit: int | None,
-) -> tuple[int, int]:
-    """How many premise and hypothesis tokens to keep so the pair fits.
-
-    Up to `max_length` this is `tokenizers`' only_first truncation: the premise
-    loses what the pair has too much, and when that would leave no premise the
-    pipeline keeps the pair whole. Only a pair the model cannot take at all
-    (over `hard_limit`) loses its premise and then the tail of its hypothesis.
-    """
-    total = premise_len + hypothesis_len + special_tokens
-    if max_length is not None and total > max_length:
-        excess = total - max_length
-        if premise_len > excess:
-            return premise_len - excess, hypothesis_len
-    if hard_limit is None or total <= hard_limit:
-        return premise_len, hypothesis_len
-    room = max(hard_limit - special_tokens, 0)
-    hypothesis_keep = min(hypothesis_len, room)
-    return min(premise_len, room - hypothesis_keep), hypothesis_keep
-
-
-def plan_batches(
-    lengths: Sequence[int],
-    keys: Sequence[int],
-    max_batch_tokens: int,
-    min_batch_tokens: int | None = None,
-) -> list[list[int]]:
-    """Cut pairs into forward batches whose padded size stays within the budget.
-
-    Pairs are sorted longest first within each key, so a batch is padded to its
-    first pair's length; a batch closes when one more pair would push
-    `longest * count` past `max_batch_tokens`. Once it holds `min_batch_tokens`
-    real tokens (None: never), it also closes before a pair more than
-    MAX_PADDING shorter than its first. A pair longer than the budget gets a
-    batch of its own. Returns the pairs' indices, batch by batch.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: (keys[i], -lengths[i]))
-    batches: list[list[int]] = []
-    width = real = 0
-    for i in order:
-        current = batches[-1] if batches else None
-        wasteful = (
-            min_batch_tokens is not None
-            and real >= min_batch_tokens
-            and lengths[i] < width * (1 - MAX_PADDING)
-        )
-        if (
-            current is not None
-            and keys[current[0]] == keys[i]
-            and width * (len(current) + 1) <= max_batch_tokens
-            and not wasteful
-        ):
-            current.append(i)
-            real += lengths[i]
-        else:
-            batches.append([i])
-            width = real = lengths[i]
-    return batches
+from worker.nli.pairs import PairEncoder, pairs_of
 
 
 class NLIClassifier:
@@ -184,9 +48,6 @@ class NLIClassifier:
     ) -> None:
         if max_batch_tokens is not None and max_batch_tokens <= 0:
             raise ConfigError(f"max_batch_tokens must be positive, got {max_batch_tokens}")
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        if not isinstance(backend, Tokenizer):
-            raise ModelError(f"model {model_name!r} has no fast (tokenizers) tokenizer")
         config = model.config
         self._model_name = model_name
         self._model = model
@@ -195,37 +56,12 @@ class NLIClassifier:
         self._max_batch_tokens = max_batch_tokens or default_max_batch_tokens(model.device)
         self._min_batch_tokens = min_batch_tokens or default_min_batch_tokens(model.device)
 
-        # The loaded backend itself, not a copy: a JSON round trip can move
-        # Unigram scores by an ulp and change how ties split a word (seen with
-        # DeBERTa-v3 vocabularies), and then ids would differ from the pipeline's.
-        # Calling the transformers tokenizer leaves truncation and padding on in
-        # this backend, so this classifier must be the tokenizer's only user.
-        self._tokenizer = backend
-        self._tokenizer.no_truncation()
-        self._tokenizer.no_padding()
-        # Special tokens written in the text count as special, as in `tokenizer(...)`.
-        self._tokenizer.encode_special_tokens = bool(tokenizer.split_special_tokens)
-        self._post_processor = self._tokenizer.post_processor
-        self._special_tokens = (
-            self._post_processor.num_special_tokens_to_add(True) if self._post_processor else 0
-        )
-        self._truncation_side = tokenizer.truncation_side
-        model_max_length = tokenizer.model_max_length
-        self._hard_limit = position_limit(config)
-        limits = [
-            x
-            for x in (self._hard_limit, model_max_length)
-            if x is not None and x <= NO_LENGTH_LIMIT
-        ]
-        self._max_length = min(limits) if limits else None
-        self._hypothesis = functools.lru_cache(maxsize=HYPOTHESIS_CACHE_SIZE)(self._encode_text)
+        self._encoder = PairEncoder(model_name, tokenizer, config)
 
         # Padding is masked out; the id only has to be a real one, and not <eos>.
         pad_id = tokenizer.pad_token_id
         self._pad_id = int(pad_id if pad_id is not None else config.pad_token_id or 0)
         self._pad_type_id = int(tokenizer.pad_token_type_id)
-        eos_id = getattr(config, "eos_token_id", None)
-        self._eos_id = eos_id if isinstance(eos_id, int) else None
         forward_args = inspect.signature(model.forward).parameters
         # Models with type_vocab_size 0 (DeBERTa-v3) ignore token types.
         self._uses_token_types = (
@@ -272,45 +108,9 @@ class NLIClassifier:
             "max_batch_tokens": str(self._max_batch_tokens),
         }
 
-    def _encode_text(self, text: str) -> Encoding:
-        return self._tokenizer.encode(text, add_special_tokens=False)
-
-    def _batch_key(self, input_ids: list[int]) -> int:
-        # BART-family heads pool the last <eos> and refuse batches whose rows
-        # hold different numbers of <eos> (a text with a literal "</s>").
-        return input_ids.count(self._eos_id) if self._eos_id is not None else 0
-
-    def _truncated(self, encoding: Encoding, keep: int) -> Encoding:
-        if keep == len(encoding):
-            return encoding
-        # `truncate` works in place, and the untruncated one is shared.
-        copy = Encoding.merge([encoding], growing_offsets=False)
-        copy.truncate(keep, stride=0, direction=self._truncation_side)
-        return copy
-
-    def _pair(self, premise: Encoding, hypothesis: Encoding) -> Encoding:
-        premise_keep, hypothesis_keep = fit_pair(
-            len(premise), len(hypothesis), self._special_tokens, self._max_length, self._hard_limit
-        )
-        first = self._truncated(premise, premise_keep)
-        second = self._truncated(hypothesis, hypothesis_keep)
-        if self._post_processor is None:
-            return Encoding.merge([first, second], growing_offsets=False)
-        return self._post_processor.process(first, second, True)
-
     def encode(self, text: str, task: Task) -> EncodedEvent:
         """Tokenize `text` once for all of `task`'s hypotheses; cheap, no model call."""
-        premise = self._encode_text(text)
-        pairs = [self._pair(premise, self._hypothesis(h)) for h in task.hypotheses()]
-        input_ids = tuple(pair.ids for pair in pairs)
-        encoded = _Pairs(
-            input_ids=input_ids,
-            token_type_ids=tuple(pair.type_ids for pair in pairs),
-            batch_keys=tuple(self._batch_key(ids) for ids in input_ids),
-        )
-        return EncodedEvent(
-            text=text, task=task, premise=encoded, pair_tokens=tuple(len(ids) for ids in input_ids)
-        )
+        return self._encoder.encode(text, task)
 
     def classify(self, events: Sequence[EncodedEvent]) -> list[Scores]:
         """Score every event against its task; one `Scores` per event, in order."""
@@ -321,7 +121,7 @@ class NLIClassifier:
         position = {key: u for u, key in enumerate(unique)}
         distinct = list(unique.values())
 
-        pairs = [_pairs_of(event) for event in distinct]
+        pairs = [pairs_of(event) for event in distinct]
         rows = [(u, label) for u, event in enumerate(distinct) for label in range(event.pair_count)]
         logits = [np.empty((e.pair_count, self._num_labels), dtype=np.float32) for e in distinct]
         batches = plan_batches(
@@ -395,12 +195,6 @@ class NLIClassifier:
                 f"on {self.device}: {type(error).__name__}: {error}"
             ) from None
         return result
-
-
-def _pairs_of(event: EncodedEvent) -> _Pairs:
-    if not isinstance(event.premise, _Pairs):
-        raise InferenceError("the event was not encoded by an NLIClassifier")
-    return event.premise
 
 
 def load_classifier(

@@ -67,7 +67,7 @@ class FakeClassifier:
         """Count the tokens of each pair; no tokenizer."""
         words = len(text.split())
         pair_tokens = tuple(words + len(h.split()) + FAKE_SPECIAL_TOKENS for h in task.hypotheses())
-        return EncodedEvent(text=text, task=task, premise=text, pair_tokens=pair_tokens)
+        return EncodedEvent(text=text, task=task, pairs=text, pair_tokens=pair_tokens)
 
     def classify(self, events: Sequence[EncodedEvent]) -> list[Scores]:
         """Score every event from the hash of its pairs; one `Scores` per event, in order."""

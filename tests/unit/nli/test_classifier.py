@@ -131,7 +131,7 @@ def test_pair_tokens_are_the_model_input_lengths(bart: NLIClassifier) -> None:
     event = bart.encode("The cat sat on the mat.", TOPICS)
     # <s> premise </s></s> hypothesis </s>
     assert event.pair_count == len(TOPICS.labels)
-    assert event.pair_tokens == tuple(len(ids) for ids in event.premise.input_ids)  # type: ignore[attr-defined]
+    assert event.pair_tokens == tuple(len(ids) for ids in event.pairs.input_ids)  # type: ignore[attr-defined]
     assert min(event.pair_tokens) == 7 + 5 + 4
 
 

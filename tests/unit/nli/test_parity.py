@@ -110,7 +110,7 @@ def assert_parity(model_dir: Path, cases: Sequence[Case]) -> NLIClassifier:
                 )
             spreads.append(max(scores) - min(scores))
     for event in events[::2]:
-        for hypothesis, ids in zip(event.task.hypotheses(), event.premise.input_ids, strict=True):  # type: ignore[attr-defined]
+        for hypothesis, ids in zip(event.task.hypotheses(), event.pairs.input_ids, strict=True):  # type: ignore[attr-defined]
             pipeline_ids = reference._parse_and_tokenize([[event.text, hypothesis]])["input_ids"]
             assert ids == pipeline_ids[0].tolist()
     assert sum(spreads) / len(spreads) > MIN_MEAN_SPREAD
