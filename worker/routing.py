@@ -38,7 +38,8 @@ class Route:
     text_field: str
     allow_event_labels: bool
     max_text_chars: int
-    thresholds: tuple[tuple[str, float], ...] = ()
+    thresholds: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    """Calibrated per-label thresholds of the main labels; the others take `threshold`."""
     group_thresholds: tuple[float, ...] = ()
     include_logits: bool = False
     rules: tuple[Rule, ...] = ()
@@ -69,7 +70,7 @@ class Route:
             text_field=topic.text_field,
             allow_event_labels=topic.allow_event_labels,
             max_text_chars=topic.max_text_chars,
-            thresholds=tuple(topic.calibration.thresholds.items()),
+            thresholds=dict(topic.calibration.thresholds),
             group_thresholds=tuple(group.threshold for _, group in groups),
             include_logits=topic.include_logits,
             rules=tuple(
@@ -82,10 +83,6 @@ class Route:
         if event_labels and self.allow_event_labels:
             return dataclasses.replace(self.task, labels=event_labels)
         return self.task
-
-    def threshold_of(self, label: str, default: float) -> float:
-        """The label's calibrated threshold, else `default`."""
-        return dict(self.thresholds).get(label, default)
 
     def destinations(self, scores: Mapping[str, float]) -> list[str]:
         """The route topics whose rules match these main-label scores."""
