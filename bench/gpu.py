@@ -27,7 +27,8 @@ from bench import baseline, workload
 from bench.environment import describe
 from bench.flops import matmul_peak, model_flops
 from bench.report import Report, Throughput, agreement
-from worker.nli.classifier import CUDA_MAX_BATCH_TOKENS, NLIClassifier
+from worker.nli.budget import CUDA_MAX_BATCH_TOKENS
+from worker.nli.classifier import NLIClassifier
 from worker.nli.loading import load_model
 
 # The H200's dense bfloat16 peak as NVIDIA states it (~790 TFLOP/s was also

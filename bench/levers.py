@@ -24,7 +24,8 @@ from bench.environment import describe, load_average
 from bench.flops import model_flops
 from worker.batching import MicroBatcher
 from worker.nli.base import EncodedEvent
-from worker.nli.classifier import CPU_MAX_BATCH_TOKENS, CPU_MIN_BATCH_TOKENS, NLIClassifier
+from worker.nli.budget import CPU_MAX_BATCH_TOKENS, CPU_MIN_BATCH_TOKENS
+from worker.nli.classifier import NLIClassifier
 from worker.nli.loading import LoadedModel, load_model, quantize_int8
 
 CPU = torch.device("cpu")

@@ -7,7 +7,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -21,7 +21,8 @@ from config.settings import (
     load_settings,
 )
 from schemas import SCHEMAS, schema_documents
-from worker import errors, serde
+from worker import errors
+from worker.classification import rank
 from worker.logs import configure_logging
 from worker.nli.base import Classifier, Task
 
@@ -34,10 +35,31 @@ EXIT_RUNTIME = 1
 # Texts scored per classifier call by `classify`.
 CLASSIFY_CHUNK = 64
 
+ClassifierLoader = Callable[[str, str, str, int | None], Classifier]
+"""Loads a model as a classifier: name, device, dtype, and the padded-token budget of a
+forward pass (None: the device's default)."""
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `zsc-worker` and `python -m worker`."""
+
+def load_nli_classifier(
+    name: str, device: str, dtype: str, max_batch_tokens: int | None
+) -> Classifier:
+    """The real loader: a transformers NLI model (torch is imported only for commands that
+    score)."""
+    from worker.nli.classifier import load_classifier
+
+    return load_classifier(name, device, dtype, max_batch_tokens)
+
+
+def main(
+    argv: Sequence[str] | None = None, load_classifier: ClassifierLoader = load_nli_classifier
+) -> int:
+    """Entry point of `zsc-worker` and `python -m worker`.
+
+    `load_classifier` is the seam for another model implementation (tests run
+    the whole program with a fake one).
+    """
     args = _parser().parse_args(argv)
+    args.load_classifier = load_classifier
     try:
         return int(args.handler(args))
     except errors.ConfigError as exc:
@@ -143,7 +165,6 @@ def _run(args: argparse.Namespace) -> int:
     from worker.kafka.clients import check_client_properties
     from worker.metrics import Health, Metrics, MetricsServer
     from worker.nli.cache import CachingClassifier
-    from worker.nli.classifier import load_classifier
 
     settings = load_settings(
         args.config,
@@ -162,8 +183,12 @@ def _run(args: argparse.Namespace) -> int:
         server.start()
     try:
         check_client_properties(settings)
-        classifier: Classifier = load_classifier(
-            settings.model.name, settings.model.device, settings.model.dtype
+        # One token budget: a configured batching.max_tokens bounds each forward
+        # pass too; unset, both take the device's default.
+        batching = settings.batching
+        budget = batching.max_tokens if "max_tokens" in batching.model_fields_set else None
+        classifier: Classifier = args.load_classifier(
+            settings.model.name, settings.model.device, settings.model.dtype, budget
         )
         device_type = classifier.info["device"].split(":")[0]
         if (adjusted := settings.for_device(device_type)) is not settings:
@@ -200,8 +225,6 @@ def _stop_on_signals() -> threading.Event:
 
 
 def _classify(args: argparse.Namespace) -> int:
-    from worker.nli.classifier import load_classifier
-
     labels = tuple(label.strip() for label in args.labels.split(",") if label.strip())
     if not labels:
         raise errors.ConfigError("--labels: give at least one label")
@@ -210,7 +233,7 @@ def _classify(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise errors.ConfigError(f"--template: {exc}") from None
     task = Task(labels, args.template, args.multi_label)
-    classifier = load_classifier(args.model, args.device, args.dtype)
+    classifier = args.load_classifier(args.model, args.device, args.dtype, None)
     texts = args.texts or _stdin_texts(sys.stdin)
     for chunk in _chunks(texts, CLASSIFY_CHUNK):
         _print_results(classifier, task, chunk, sys.stdout)
@@ -251,7 +274,7 @@ def _chunks(texts: Iterable[str], size: int) -> Iterator[list[str]]:
 def _print_results(classifier: Classifier, task: Task, texts: list[str], out: TextIO) -> None:
     results = classifier.classify([classifier.encode(text, task) for text in texts])
     for text, result in zip(texts, results, strict=True):
-        labels, scores = serde.rank(task.labels, result.scores)
+        labels, scores = rank(task.labels, result.scores)
         line = {"sequence": text, "labels": labels, "scores": scores}
         out.write(orjson.dumps(line).decode() + "\n")
     out.flush()
@@ -259,12 +282,12 @@ def _print_results(classifier: Classifier, task: Task, texts: list[str], out: Te
 
 def _calibrate(args: argparse.Namespace) -> int:
     from worker.calibrate_command import report, run_calibration, write_calibration
-    from worker.nli.classifier import load_classifier
 
     if not 0 < args.holdout < 1:
         raise errors.ConfigError("--holdout: give a fraction between 0 and 1")
     settings = load_settings(args.config, {"model.name": args.model})
-    classifier = load_classifier(settings.model.name, settings.model.device, settings.model.dtype)
+    model = settings.model
+    classifier = args.load_classifier(model.name, model.device, model.dtype, None)
     result = run_calibration(
         settings, args.topic, classifier, args.data, args.holdout, args.target_precision
     )

@@ -4,9 +4,8 @@ Fault tests start, kill and restart worker processes many times. What they test
 (delivery under crashes, rebalances and outages) does not depend on the model,
 and even a tiny transformers model costs seconds of CPU per start. This module
 runs the real command line (`worker.cli.main`: settings, signal handling,
-metrics server, the Worker loop) with one thing swapped: the module
-`worker.nli.classifier` is replaced, before the CLI imports it, by one whose
-`load_classifier` returns a `FakeClassifier` (deterministic scores, no torch).
+metrics server, the Worker loop) with one thing swapped through its seam: the
+classifier loader returns a `FakeClassifier` (deterministic scores, no torch).
 It lives under tests/ and is never installed: production code has no fake path.
 
 The model name says how the fake behaves: `fake:` scores at once,
@@ -18,33 +17,23 @@ The model name says how the fake behaves: `fake:` scores at once,
 from __future__ import annotations
 
 import sys
-import types
 
+from worker.cli import main
 from worker.errors import ModelError
 from worker.nli.fake import FakeClassifier
 
 FAKE_PREFIX = "fake:"
 
 
-def load_classifier(
-    name: str, device: str = "auto", dtype: str = "auto", max_batch_tokens: int | None = None
+def load_fake_classifier(
+    name: str, device: str, dtype: str, max_batch_tokens: int | None
 ) -> FakeClassifier:
-    """Stands in for `worker.nli.classifier.load_classifier`: a fake named `fake:[delay_s=S]`."""
+    """The loader of the fake worker: a fake named `fake:[delay_s=S]`."""
     if not name.startswith(FAKE_PREFIX):
         raise ModelError(f"the fake worker runs fake models only ({FAKE_PREFIX}...), not {name!r}")
     options = dict(item.split("=", 1) for item in name.removeprefix(FAKE_PREFIX).split(",") if item)
     return FakeClassifier(name, delay_s=float(options.get("delay_s", 0.0)))
 
 
-def main(argv: list[str]) -> int:
-    """Run `worker.cli.main` with the fake model loader in place of the real one."""
-    fake = types.ModuleType("worker.nli.classifier")
-    fake.load_classifier = load_classifier  # type: ignore[attr-defined]
-    sys.modules["worker.nli.classifier"] = fake
-    from worker.cli import main as cli_main
-
-    return cli_main(argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:], load_classifier=load_fake_classifier))

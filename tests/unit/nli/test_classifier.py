@@ -17,16 +17,11 @@ from tests.models import CONTRADICTION_NEUTRAL_ENTAILMENT, NOT_NLI, TINY_DEBERTA
 from tests.texts import fortunes
 from worker.errors import ConfigError, InferenceError, ModelError
 from worker.nli.base import Task
-from worker.nli.classifier import (
-    CPU_MAX_BATCH_TOKENS,
-    NLIClassifier,
-    fit_pair,
-    load_classifier,
-    plan_batches,
-    position_limit,
-)
+from worker.nli.budget import CPU_MAX_BATCH_TOKENS, plan_batches
+from worker.nli.classifier import NLIClassifier, load_classifier
 from worker.nli.fake import FakeClassifier
 from worker.nli.loading import LoadedModel, load_model
+from worker.nli.pairs import fit_pair, position_limit
 
 TOLERANCE = 1e-5
 TOPICS = Task(("computers", "food", "love", "science"), "This example is {}.", multi_label=False)
