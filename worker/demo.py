@@ -14,11 +14,12 @@ from typing import TextIO
 import orjson
 from confluent_kafka import Consumer, Producer
 
-from config.settings import Settings
+from config.settings import DEFAULT_BOOTSTRAP, DEFAULT_MODEL, Settings
 from worker import errors
 from worker.app import Worker
 from worker.embedded.tansu import RECOMMENDED_SESSION_TIMEOUT_MS
 from worker.kafka.admin import ensure_topics
+from worker.routing import Router
 from worker.tools import ResultRow, print_table
 
 # The demo gives up waiting for results after this long (a cold CPU model is slow).
@@ -41,6 +42,13 @@ COMMENTS = [
     "You are an idiot and everyone here hates you.",
 ]
 MALFORMED: list[bytes] = [b"{this is not json", b'{"text": ""}', b"\xff\xfe not utf-8"]
+
+
+def demo_texts() -> list[str]:
+    """Every text the demo scores: its events, and the hypotheses of its topics' labels."""
+    router = Router.from_settings(demo_settings(DEFAULT_BOOTSTRAP, DEFAULT_MODEL))
+    hypotheses = [h for topic in router.input_topics for h in router.route(topic).task.hypotheses()]
+    return [*POSTS, *COMMENTS, *hypotheses]
 
 
 def demo_settings(bootstrap_servers: str, model: str) -> Settings:

@@ -1,0 +1,100 @@
+"""A small NLI model with random weights, for the demo where the hub cannot be reached.
+
+The pipeline then still runs end to end on real loading code (a config with an
+NLI label order, safetensors weights, a tokenizer trained on the demo's own
+texts), but its scores mean nothing. Only `transformers`, `tokenizers` and
+`torch` are needed: the worker's own dependencies.
+
+    python -m worker.demo_model --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+from transformers import DebertaV2Config, DebertaV2ForSequenceClassification, DebertaV2Tokenizer
+
+SEED = 20240601
+DEBERTA_SPECIALS = ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"]
+DEBERTA_MAX_LENGTH = 512  # DeBERTa-v3's model_max_length
+# The demo's texts are a few hundred words: a vocabulary this small still keeps
+# most of them whole.
+DEMO_VOCAB_SIZE = 400
+# cross-encoder/nli-deberta-v3-large's label order.
+DEMO_LABELS = {0: "contradiction", 1: "entailment", 2: "neutral"}
+TINY_DEBERTA: dict[str, Any] = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 64,
+    "pooler_hidden_size": 32,
+    # DeBERTa-v3: relative positions only, no absolute position input, no token types.
+    "max_position_embeddings": DEBERTA_MAX_LENGTH,
+    "relative_attention": True,
+    "position_buckets": 256,
+    "norm_rel_ebd": "layer_norm",
+    "share_att_key": True,
+    "pos_att_type": ["p2c", "c2p"],
+    "position_biased_input": False,
+}
+
+
+def train_unigram(texts: Iterable[str], vocab_size: int) -> list[tuple[str, float]]:
+    """A DeBERTa-v3-like Unigram vocabulary (pieces and scores) trained on `texts`."""
+    tokenizer = Tokenizer(models.Unigram())
+    # DebertaV2Tokenizer's own normalizer and pre-tokenizer.
+    tokenizer.normalizer = normalizers.Sequence(
+        [
+            normalizers.Replace(Regex(r"\s{2,}|[\n\r\t]"), " "),
+            normalizers.NFC(),
+            normalizers.Strip(left=False, right=True),
+        ]
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=DEBERTA_SPECIALS, unk_token="[UNK]"
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    vocab = json.loads(tokenizer.to_str())["model"]["vocab"]
+    return [(piece, float(score)) for piece, score in vocab]
+
+
+def build_demo_model(path: Path, texts: Iterable[str]) -> Path:
+    """Write a tiny DeBERTa-v2 NLI model with random weights, its tokenizer trained on
+    `texts`, to `path`."""
+    tokenizer = DebertaV2Tokenizer(
+        vocab=train_unigram(texts, DEMO_VOCAB_SIZE), model_max_length=DEBERTA_MAX_LENGTH
+    )
+    config = DebertaV2Config(
+        vocab_size=len(tokenizer),
+        type_vocab_size=0,
+        pad_token_id=tokenizer.pad_token_id,
+        id2label=DEMO_LABELS,
+        label2id={label: i for i, label in DEMO_LABELS.items()},
+        **TINY_DEBERTA,
+    )
+    torch.manual_seed(SEED)
+    model = DebertaV2ForSequenceClassification(config).eval()
+    tokenizer.save_pretrained(path)
+    model.save_pretrained(path)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Write the demo's fallback model to `--out`."""
+    from worker.demo import demo_texts
+
+    parser = argparse.ArgumentParser(prog="python -m worker.demo_model", description=__doc__)
+    parser.add_argument("--out", required=True, type=Path, help="directory to write")
+    args = parser.parse_args(argv)
+    print(build_demo_model(args.out, demo_texts()))
+
+
+if __name__ == "__main__":
+    main()
