@@ -11,13 +11,13 @@ from collections.abc import Iterator
 import pytest
 from confluent_kafka.admin import AdminClient
 
+from tests.brokers import apache_kafka
+from tests.brokers.apache_kafka import ApacheKafkaBroker
 from tests.integration.conftest import NameFactory
 from tests.integration.faults.conftest import EventTopics, FaultRow, Recorder
 from tests.integration.faults.proxy import FlakyProxy
 from tests.integration.faults.support import EventStream, Tally, topics_config
 from tests.integration.harness import RunningWorker, make_settings
-from tests.brokers import apache_kafka
-from tests.brokers.apache_kafka import ApacheKafkaBroker
 from worker.embedded.base import LOOPBACK, free_loopback_ports
 from worker.metrics import MetricsServer
 from worker.nli.fake import FakeClassifier
