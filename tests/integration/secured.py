@@ -41,6 +41,7 @@ HTTP_TIMEOUT_S = 2.0
 TOPIC_TIMEOUT_S = 30.0
 PRODUCE_TIMEOUT_S = 30.0
 POLL_S = 0.5
+READY_POLL_S = 0.2
 LOG_TAIL_CHARS = 3000
 """Enough of a worker's log to show why an assertion failed."""
 NOT_READY = "not ready: no broker reachable"
@@ -115,7 +116,7 @@ def assert_classifies(worker: SecuredWorker, client: Mapping[str, str]) -> None:
         while http_status(f"{worker.url}/readyz") != 200:
             assert process.alive, process.log()[-LOG_TAIL_CHARS:]
             assert time.monotonic() < deadline, f"never ready:\n{process.log()[-LOG_TAIL_CHARS:]}"
-            time.sleep(0.2)
+            time.sleep(READY_POLL_S)
         producer = Producer(dict(client))
         for n in range(EVENTS):
             producer.produce(worker.source, orjson.dumps({"id": n, "text": f"event {n}"}))
@@ -141,8 +142,9 @@ def assert_up_but_not_ready(worker: SecuredWorker, says: str) -> None:
     process = worker.process
     with worker_processes(process.start()):
         process.wait_for_log(NOT_READY, timeout_s=TIMEOUT_S)
-        [line] = [line for line in process.log().splitlines() if NOT_READY in line]
-        assert says in line, f"the worker does not say why it is not ready: {line}"
+        lines = [line for line in process.log().splitlines() if NOT_READY in line]
+        assert len(lines) == 1, f"said more than once: {lines}"
+        assert says in lines[0], f"the worker does not say why it is not ready: {lines[0]}"
         until = time.monotonic() + NOT_READY_FOR_S
         while time.monotonic() < until:
             assert process.alive, process.log()[-LOG_TAIL_CHARS:]
