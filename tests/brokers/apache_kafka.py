@@ -32,8 +32,10 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from tests.brokers.tls import Certificates, ssl_properties
 from worker.embedded.base import LOOPBACK, EmbeddedBroker, Launch, free_loopback_ports, log_tail
 from worker.errors import BrokerError
 
@@ -76,6 +78,7 @@ FORMAT_JVM_OPTIONS: tuple[str, ...] = (
 )
 
 _POM = "pom.xml"
+_KEYSTORE = "keystore.pem"
 _MARKER = ".zsc-fetched"
 _MAVEN_NS = {"m": "http://maven.apache.org/POM/4.0.0"}
 _NODE_ID = 1
@@ -219,6 +222,18 @@ def can_run() -> bool:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class TlsListeners:
+    """What a broker's TLS listeners present and trust, and where SASL_SSL listens."""
+
+    keystore: Path
+    """PEM: the broker's private key (PKCS#8, unencrypted) and its certificate chain."""
+    truststore: Path
+    """PEM: the CA certificates that clients' certificates must chain to."""
+    sasl_ssl_port: int | None = None
+    """The SASL_SSL listener's port; it opens only with SASL users."""
+
+
 def server_properties(
     *,
     port: int,
@@ -226,11 +241,14 @@ def server_properties(
     log_dir: Path,
     overrides: dict[str, str] | None = None,
     sasl_users: Mapping[str, str] | None = None,
+    tls: TlsListeners | None = None,
 ) -> dict[str, str]:
     """The configuration of a single-node KRaft cluster on loopback, for tests and development.
 
     With `sasl_users` (user -> password; the first is the broker's own) the
     client listener takes SASL/PLAIN over plaintext instead of anonymous clients.
+    With `tls` it takes TLS instead, with client certificates required; with
+    `sasl_users` too, a second listener takes SASL/PLAIN over TLS.
     """
     properties = {
         # One JVM is the whole cluster: broker and its own KRaft controller.
@@ -264,7 +282,9 @@ def server_properties(
         # The default, stated because tests rely on auto-created topics having one partition.
         "num.partitions": "1",
     }
-    if sasl_users:
+    if tls is not None:
+        properties.update(_tls_listeners(port, controller_port, tls, sasl_users or {}))
+    elif sasl_users:
         properties.update(_sasl_plain_listener(port, controller_port, sasl_users))
     properties.update(overrides or {})
     return properties
@@ -274,8 +294,6 @@ def _sasl_plain_listener(
     port: int, controller_port: int, users: Mapping[str, str]
 ) -> dict[str, str]:
     """The client (and inter-broker) listener behind SASL/PLAIN; the controller's stays plain."""
-    [(broker_user, broker_password), *_] = users.items()
-    accounts = " ".join(f'user_{user}="{password}"' for user, password in users.items())
     return {
         "listeners": f"SASL_PLAINTEXT://{LOOPBACK}:{port},CONTROLLER://{LOOPBACK}:{controller_port}",
         "advertised.listeners": f"SASL_PLAINTEXT://{LOOPBACK}:{port}",
@@ -283,11 +301,53 @@ def _sasl_plain_listener(
         "listener.security.protocol.map": "SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
         "sasl.enabled.mechanisms": "PLAIN",
         "sasl.mechanism.inter.broker.protocol": "PLAIN",
-        "listener.name.sasl_plaintext.plain.sasl.jaas.config": (
-            "org.apache.kafka.common.security.plain.PlainLoginModule required "
-            f'username="{broker_user}" password="{broker_password}" {accounts};'
-        ),
+        "listener.name.sasl_plaintext.plain.sasl.jaas.config": _plain_jaas(users),
     }
+
+
+def _tls_listeners(
+    port: int, controller_port: int, tls: TlsListeners, users: Mapping[str, str]
+) -> dict[str, str]:
+    """Mutual TLS on the client (and inter-broker) listener, SASL_SSL beside it with users;
+    the controller's listener stays plain on loopback."""
+    clients = [f"SSL://{LOOPBACK}:{port}"]
+    if users and tls.sasl_ssl_port is not None:
+        clients.append(f"SASL_SSL://{LOOPBACK}:{tls.sasl_ssl_port}")
+    properties = {
+        "listeners": ",".join([*clients, f"CONTROLLER://{LOOPBACK}:{controller_port}"]),
+        "advertised.listeners": ",".join(clients),
+        # The broker is a client of its own SSL listener too (transaction
+        # markers): its certificate serves for both ends.
+        "inter.broker.listener.name": "SSL",
+        "listener.security.protocol.map": "SSL:SSL,SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
+        # PEM files rather than JKS or PKCS#12 stores: no keytool step. The key
+        # is unencrypted, so no ssl.key.password: Kafka refuses the keystore
+        # with one ("Invalid PEM keystore configs"), and Java 17 cannot open an
+        # encrypted PKCS#8 key as OpenSSL or `cryptography` write it ("PBES2
+        # SecretKeyFactory not available").
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": str(tls.keystore),
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(tls.truststore),
+        # Mutual TLS on SSL only: SASL_SSL clients log in with a password instead.
+        "listener.name.ssl.ssl.client.auth": "required",
+    }
+    if users and tls.sasl_ssl_port is not None:
+        properties |= {
+            "sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.sasl_ssl.plain.sasl.jaas.config": _plain_jaas(users),
+        }
+    return properties
+
+
+def _plain_jaas(users: Mapping[str, str]) -> str:
+    """The PLAIN login module's JAAS line: the first user is the broker's own, all may log in."""
+    [(broker_user, broker_password), *_] = users.items()
+    accounts = " ".join(f'user_{user}="{password}"' for user, password in users.items())
+    return (
+        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f'username="{broker_user}" password="{broker_password}" {accounts};'
+    )
 
 
 def new_cluster_id() -> str:
@@ -314,19 +374,27 @@ class ApacheKafkaBroker(EmbeddedBroker):
         jvm_options: Sequence[str] = DEFAULT_JVM_OPTIONS,
         overrides: dict[str, str] | None = None,
         sasl_users: Mapping[str, str] | None = None,
+        tls: Certificates | None = None,
         start_timeout_s: float = START_TIMEOUT_S,
         stop_timeout_s: float = STOP_TIMEOUT_S,
     ) -> None:
         """`overrides` replaces or adds server.properties entries (see `server_properties`);
-        `sasl_users` (user -> password) makes clients log in with SASL/PLAIN."""
+        `sasl_users` (user -> password) makes clients log in with SASL/PLAIN; `tls`
+        (certificates made by `tests.brokers.tls`) makes clients use mutual TLS, and
+        with `sasl_users` opens a SASL_SSL listener too."""
         super().__init__(start_timeout_s=start_timeout_s, stop_timeout_s=stop_timeout_s)
         self._jvm_options = tuple(jvm_options)
         self._overrides = dict(overrides or {})
         self._sasl_users = dict(sasl_users or {})
+        self._tls = tls
+        self._sasl_ssl_port: int | None = None
 
     @property
     def client_properties(self) -> dict[str, str]:
-        """What a client needs besides `bootstrap.servers`: the first SASL user's login."""
+        """What a client of `bootstrap_servers` needs besides it: the CA and the client
+        certificate of `tls`, else the first SASL user's login."""
+        if self._tls is not None:
+            return {"security.protocol": "SSL", **ssl_properties(self._tls.ca, self._tls.client)}
         if not self._sasl_users:
             return {}
         [(user, password), *_] = self._sasl_users.items()
@@ -337,12 +405,22 @@ class ApacheKafkaBroker(EmbeddedBroker):
             "sasl.password": password,
         }
 
+    @property
+    def sasl_ssl_bootstrap_servers(self) -> str:
+        """`host:port` of the SASL_SSL listener, which opens with both `tls` and `sasl_users`."""
+        if not self.running or self._sasl_ssl_port is None:
+            raise BrokerError("no SASL_SSL listener: it needs a running broker, tls and sasl_users")
+        return f"{LOOPBACK}:{self._sasl_ssl_port}"
+
     def _prepare(self, workdir: Path) -> Launch:
         java = java_executable()
         if java is None:
             raise BrokerError("cannot start Apache Kafka: no `java` on the PATH or in JAVA_HOME")
         classpath = str(fetch() / "*")
-        port, controller_port = free_loopback_ports(2)
+        port, controller_port, *sasl_ssl = free_loopback_ports(
+            3 if self._tls is not None and self._sasl_users else 2
+        )
+        self._sasl_ssl_port = sasl_ssl[0] if sasl_ssl else None
         config = workdir / "server.properties"
         properties = server_properties(
             port=port,
@@ -350,6 +428,7 @@ class ApacheKafkaBroker(EmbeddedBroker):
             log_dir=workdir / "data",
             overrides=self._overrides,
             sasl_users=self._sasl_users,
+            tls=self._tls_setup(workdir),
         )
         config.write_text(
             "".join(f"{key}={value}\n" for key, value in properties.items()), encoding="utf-8"
@@ -364,6 +443,17 @@ class ApacheKafkaBroker(EmbeddedBroker):
         return Launch(
             command=[java, *self._jvm_options, "-cp", classpath, "kafka.Kafka", str(config)],
             port=port,
+        )
+
+    def _tls_setup(self, workdir: Path) -> TlsListeners | None:
+        """The broker's key and chain in one file, as Kafka's PEM keystore wants them."""
+        if self._tls is None:
+            return None
+        keystore = workdir / _KEYSTORE
+        keystore.touch(mode=0o600)  # a private key: readable by this user only
+        keystore.write_text(self._tls.broker.keystore_pem(), encoding="ascii")
+        return TlsListeners(
+            keystore=keystore, truststore=self._tls.ca, sasl_ssl_port=self._sasl_ssl_port
         )
 
 

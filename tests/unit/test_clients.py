@@ -5,10 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from config.settings import Settings, load_settings
+from tests.brokers.tls import make_certificates, ssl_properties
 from worker.errors import ConfigError
-from worker.kafka.clients import consumer_config, make_producer, producer_config
+from worker.kafka.clients import (
+    check_client_properties,
+    consumer_config,
+    make_producer,
+    producer_config,
+)
 
 CONFIG = """
 kafka:
@@ -32,10 +39,10 @@ def test_properties_reach_both_clients_and_secrets_stay_hidden(tmp_path: Path) -
     assert "s3cret" not in repr(settings) and "s3cret" not in str(settings.model_dump())
 
 
-def _settings(tmp_path: Path, extra: str = "") -> Settings:
+def _settings(tmp_path: Path, extra: str = "", environ: dict[str, str] | None = None) -> Settings:
     path = tmp_path / "config.yaml"
     path.write_text("topics: [{input: a, output: b, labels: [x]}]\n" + extra)
-    return load_settings(path, environ={})
+    return load_settings(path, environ=environ or {})
 
 
 def test_a_dead_worker_is_replaced_within_seconds_by_default(tmp_path: Path) -> None:
@@ -61,3 +68,19 @@ def test_properties_librdkafka_refuses_are_configuration_errors(tmp_path: Path) 
         make_producer(settings)
     assert "kafka.producer" in str(raised.value)
     assert "message.timeout.ms" in str(raised.value) and "linger.ms" in str(raised.value)
+
+
+def test_a_client_key_that_does_not_open_stops_start_up_without_showing_the_password(
+    tmp_path: Path,
+) -> None:
+    certificates = make_certificates(tmp_path / "certificates")
+    files = ssl_properties(certificates.ca, certificates.client)
+    del files["ssl.key.password"]
+    extra = yaml.safe_dump({"kafka": {"properties": {"security.protocol": "SSL", **files}}})
+    wrong = "not-the-key-password"
+    settings = _settings(tmp_path, extra, environ={"ZSC_KAFKA_SSL_KEY_PASSWORD": wrong})
+    # librdkafka opens the key when the client is made: before the model loads.
+    with pytest.raises(ConfigError) as raised:
+        check_client_properties(settings)
+    assert "ssl.key.location" in str(raised.value)
+    assert wrong not in str(raised.value)

@@ -39,6 +39,23 @@ topics:
 """
 
 
+# What librdkafka 2.16 (OpenSSL 3) says to Apache Kafka 4.4 (seen in tests/integration/test_tls.py).
+WRONG_CA = (
+    "ssl://127.0.0.1:9093/bootstrap: SSL handshake failed: error:0A000086:SSL routines::"
+    "certificate verify failed: broker certificate could not be verified, verify that "
+    "ssl.ca.location is correctly configured or root CA certificates are installed "
+    "(install ca-certificates package) (after 30ms in state SSL_HANDSHAKE)"
+)
+CERTIFICATE_REFUSED = (
+    "ssl://127.0.0.1:9093/bootstrap: Receive failed: error:0A000412:SSL routines::"
+    "ssl/tls alert bad certificate: SSL alert number 42 (after 8ms in state APIVERSION_QUERY)"
+)
+CONNECTION_CLOSED = (
+    "ssl://127.0.0.1:9093/1: Disconnected: SSL connection closed by peer "
+    "(after 12302ms in state UP)"
+)
+
+
 def write(tmp_path: Path, text: str = CONFIG) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(text)
@@ -170,10 +187,13 @@ def test_delivery_failures_are_classified(error: KafkaError, expected: DeliveryF
     assert delivery_failure(error) is expected
 
 
-def test_only_losing_every_broker_or_the_login_makes_the_worker_unready() -> None:
+def test_only_losing_every_broker_the_login_or_the_handshake_makes_the_worker_unready() -> None:
     assert broker_unreachable(KafkaError(KafkaError._ALL_BROKERS_DOWN))
     assert broker_unreachable(KafkaError(KafkaError._AUTHENTICATION))
+    assert broker_unreachable(KafkaError(KafkaError._SSL, WRONG_CA))
+    assert broker_unreachable(KafkaError(KafkaError._TRANSPORT, CERTIFICATE_REFUSED))
     assert not broker_unreachable(KafkaError(KafkaError._TRANSPORT))
+    assert not broker_unreachable(KafkaError(KafkaError._TRANSPORT, CONNECTION_CLOSED))
 
 
 def test_readiness_follows_the_broker() -> None:

@@ -29,8 +29,20 @@ ErrorCallback = Callable[[KafkaError], None]
 # Client errors that mean no broker can be reached: the worker is not ready.
 # A single connection dropping (_TRANSPORT) is routine (idle connections are
 # reaped, leaders move) and librdkafka reconnects; _ALL_BROKERS_DOWN follows
-# when it was the last one. A refused login will not cure itself either.
-BROKER_UNREACHABLE = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._AUTHENTICATION})
+# when it was the last one. A refused login will not cure itself either, nor a
+# failed TLS handshake (_SSL: the broker's certificate does not verify).
+# Reporting them here, rather than as one more client error, also logs the
+# reason once instead of at every reconnect, many times a second.
+BROKER_UNREACHABLE = frozenset(
+    {KafkaError._ALL_BROKERS_DOWN, KafkaError._AUTHENTICATION, KafkaError._SSL}
+)
+# OpenSSL's words for a fatal TLS alert from the broker: it refused the
+# handshake, most often the worker's certificate. Under TLS 1.3 the client's
+# side of the handshake is over before the broker checks the client's
+# certificate, so librdkafka sees the alert only when it reads the first
+# response, and reports it as _TRANSPORT, not _SSL. No other _TRANSPORT error
+# carries these words: a dropped connection is no alert.
+TLS_ALERT_RECEIVED = "SSL alert number"
 
 # Delivery errors of one record (and the records batched with it, since the
 # broker refuses a whole batch): retrying it unchanged cannot succeed.
@@ -235,7 +247,10 @@ def transactional_id(group_id: str, instance_id: str | None) -> str:
 
 def broker_unreachable(error: KafkaError) -> bool:
     """Whether a client error means that no broker can be reached (or let us in)."""
-    return error.code() in BROKER_UNREACHABLE
+    code = error.code()
+    return code in BROKER_UNREACHABLE or (
+        code == KafkaError._TRANSPORT and TLS_ALERT_RECEIVED in error.str()
+    )
 
 
 def delivery_failure(error: KafkaError) -> DeliveryFailure:

@@ -255,7 +255,8 @@ def write_config(
     """A YAML config file for a worker process (metrics server off, short session timeout).
 
     `session_timeout_ms=None` leaves the session timeout at the worker's default.
-    `consumer` and `producer` overrides go into `kafka`; the others are top-level keys.
+    `properties`, `consumer` and `producer` overrides go into `kafka`; the others
+    are top-level keys.
     """
     consumer = dict(overrides.pop("consumer", {}))
     if session_timeout_ms is not None:
@@ -264,6 +265,7 @@ def write_config(
         "kafka": {
             "bootstrap_servers": bootstrap_servers,
             "group_id": group_id,
+            "properties": overrides.pop("properties", {}),
             "consumer": consumer,
             "producer": overrides.pop("producer", {}),
         },
