@@ -374,6 +374,8 @@ class ExactlyOnce(Delivery):
         """Nothing more: it counted once produced."""
 
     def _undelivered(self, record: OutRecord, error: KafkaError) -> None:
+        if not self._tracker.is_current(record.event.tp, record.event.epoch):
+            return  # of work already given up (an abort purges what it left queued)
         # Its transaction aborts at the next checkpoint; the rewind redoes it.
         self._transactions.record_failed()
         log.info("record for %s lost with its transaction: %s", record.event.source, error.str())

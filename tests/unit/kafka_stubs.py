@@ -11,12 +11,13 @@ consume(n) call interleaved with a rebalance can return).
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 
 from worker.offsets import Partition
 
@@ -152,16 +153,52 @@ class StubConsumer:
     def list_topics(self, topic: str | None = None, timeout: float = -1) -> None:
         return None
 
+    def consumer_group_metadata(self) -> object:
+        return object()
+
     def close(self) -> None:
         self.closed = True
 
 
+DeliveryReport = Callable[[KafkaError | None, None], None]
+
+
+@dataclass
+class Queued:
+    """A record in the producer's queue, and the error its report will carry (if any)."""
+
+    topic: str
+    value: bytes | None
+    on_delivery: DeliveryReport | None
+    error: KafkaError | None = None
+
+
 @dataclass
 class StubProducer:
-    """A producer whose records are delivered at the next poll or flush."""
+    """A producer whose records are delivered at the next poll or flush.
 
+    `fail(n)` makes the next n deliveries fail with a transient error (the
+    broker did not answer in time). With `init_transactions` called it is
+    transactional: delivered records join the open transaction, and only a
+    commit adds them to `sent` (what a read_committed reader sees), together
+    with the offsets sent to the transaction, which the consumer then holds
+    as committed. An abort drops both.
+    """
+
+    consumer: StubConsumer | None = None
     sent: list[tuple[str, bytes | None]] = field(default_factory=list)
-    undelivered: list[Callable[[], None]] = field(default_factory=list)
+    undelivered: list[Queued] = field(default_factory=list)
+    failures_due: int = 0
+    transactional: bool = False
+    transaction: list[tuple[str, bytes | None]] = field(default_factory=list)
+    offsets: list[TopicPartition] = field(default_factory=list)
+    aborts: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fail(self, deliveries: int) -> None:
+        """Fail the next `deliveries` deliveries with a transient error."""
+        with self._lock:
+            self.failures_due += deliveries
 
     def produce(
         self,
@@ -169,19 +206,26 @@ class StubProducer:
         value: bytes | None = None,
         key: bytes | None = None,
         headers: object = None,
-        on_delivery: Callable[[None, None], None] | None = None,
+        on_delivery: DeliveryReport | None = None,
     ) -> None:
-        def deliver() -> None:
-            self.sent.append((topic, value))
-            if on_delivery is not None:
-                on_delivery(None, None)
-
-        self.undelivered.append(deliver)
+        with self._lock:
+            self.undelivered.append(Queued(topic, value, on_delivery))
 
     def poll(self, timeout: float = 0.0) -> int:
-        undelivered, self.undelivered = self.undelivered, []
-        for deliver in undelivered:
-            deliver()
+        with self._lock:
+            undelivered, self.undelivered = self.undelivered, []
+        for queued in undelivered:
+            with self._lock:
+                error = queued.error
+                if error is None and self.failures_due > 0:
+                    self.failures_due -= 1
+                    error = KafkaError(KafkaError._MSG_TIMED_OUT, "timed out", retriable=True)
+                if error is None:
+                    (self.transaction if self.transactional else self.sent).append(
+                        (queued.topic, queued.value)
+                    )
+            if queued.on_delivery is not None:
+                queued.on_delivery(error, None)
         return len(undelivered)
 
     def flush(self, timeout: float = 0.0) -> int:
@@ -189,4 +233,36 @@ class StubProducer:
         return 0
 
     def purge(self) -> None:
-        self.undelivered.clear()
+        with self._lock:
+            self.undelivered.clear()
+
+    def init_transactions(self, timeout: float = -1) -> None:
+        self.transactional = True
+        self.abort_transaction()
+        self.aborts -= 1  # fencing leaves nothing to count
+
+    def begin_transaction(self) -> None:
+        pass
+
+    def send_offsets_to_transaction(
+        self, offsets: list[TopicPartition], metadata: object, timeout: float = -1
+    ) -> None:
+        with self._lock:
+            self.offsets.extend(offsets)
+
+    def commit_transaction(self, timeout: float = -1) -> None:
+        assert self.consumer is not None
+        with self._lock:
+            self.sent.extend(self.transaction)
+            for tp in self.offsets:
+                self.consumer.committed[(tp.topic, tp.partition)] = tp.offset
+            self.transaction, self.offsets = [], []
+
+    def abort_transaction(self, timeout: float = -1) -> None:
+        # As librdkafka does, queued records are purged: their reports say so.
+        purged = KafkaError(KafkaError._PURGE_QUEUE, "purged by the abort")
+        with self._lock:
+            for queued in self.undelivered:
+                queued.error = purged
+            self.transaction, self.offsets = [], []
+            self.aborts += 1
