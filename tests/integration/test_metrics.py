@@ -135,7 +135,7 @@ def test_probes_and_metrics_of_a_worker_under_traffic(
         "architecture": "bart",
         "device": "cpu",
         "precision": "float32",
-        "max_batch_tokens": "4096",
+        "max_batch_tokens": "8192",  # batching.max_tokens: one budget
     }
     text_of_first = texts[0][:30]
     assert text_of_first not in log.decode(errors="replace"), "event texts stay out of the log"
