@@ -255,7 +255,7 @@ class Loop:
                 # longer than max.poll.interval.ms would make it leave the group,
                 # and the group would refuse the final commit.
                 self.flow.stop_reading()
-                while (self.runner.pending or self.delivery.redo_waiting) and (
+                while (self.runner.batches_in_flight or self.delivery.redo_waiting) and (
                     self.clock() < deadline
                 ):
                     if self.delivery.producing:

@@ -51,7 +51,7 @@ class InferenceRunner(Generic[T]):
         self._clock = clock
         self._inbox: queue.SimpleQueue[list[T] | None] = queue.SimpleQueue()
         self._outbox: queue.SimpleQueue[Completed[T]] = queue.SimpleQueue()
-        self._pending = 0
+        self._batches_in_flight = 0
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._serve, name="zsc-inference", daemon=True)
 
@@ -62,14 +62,14 @@ class InferenceRunner(Generic[T]):
     def submit(self, items: list[T]) -> None:
         """Queue a batch for the model."""
         with self._lock:
-            self._pending += 1
+            self._batches_in_flight += 1
         self._inbox.put(items)
 
     @property
-    def pending(self) -> int:
+    def batches_in_flight(self) -> int:
         """Batches submitted whose results have not been collected yet."""
         with self._lock:
-            return self._pending
+            return self._batches_in_flight
 
     def completed(self, timeout: float = 0.0) -> list[Completed[T]]:
         """The batches finished so far, waiting up to `timeout` for the first one."""
@@ -83,7 +83,7 @@ class InferenceRunner(Generic[T]):
         except queue.Empty:
             pass
         with self._lock:
-            self._pending -= len(done)
+            self._batches_in_flight -= len(done)
         return done
 
     def stop(self, timeout: float) -> None:

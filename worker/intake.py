@@ -5,11 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from confluent_kafka import Message
-
 from worker import serde
 from worker.inflight import InFlightEvent
-from worker.kafka.records import headers_of
+from worker.kafka.records import Record, headers_of
 from worker.metrics import Metrics
 from worker.nli.base import Classifier, EncodedEvent
 from worker.offsets import OffsetTracker
@@ -35,7 +33,7 @@ class Intake:
         self._metrics = metrics
         self._clock = clock
 
-    def take(self, message: Message) -> InFlightEvent | None:
+    def take(self, message: Record) -> InFlightEvent | None:
         """The record as an event in flight; None for a stale record, which is dropped.
 
         A record is stale when its partition has no live assignment here, or it

@@ -15,7 +15,8 @@ Partition = tuple[str, int]
 @dataclass(slots=True)
 class _PartitionState:
     epoch: int
-    pending: deque[int] = field(default_factory=deque)
+    unfinished: deque[int] = field(default_factory=deque)
+    """Offsets tracked in the order consumed, from the first not done on."""
     done: set[int] = field(default_factory=set)
     next_offset: int | None = None
     taken: int | None = None
@@ -66,12 +67,12 @@ class OffsetTracker:
         state = self._partitions.get(tp)
         if state is None:
             return None
-        floor = state.pending[-1] + 1 if state.pending else state.next_offset
+        floor = state.unfinished[-1] + 1 if state.unfinished else state.next_offset
         if floor is None:
             floor = state.start
         if floor is not None and offset < floor:
             return None
-        state.pending.append(offset)
+        state.unfinished.append(offset)
         return state.epoch
 
     def ack(self, tp: Partition, offset: int, epoch: int) -> bool:
@@ -80,8 +81,8 @@ class OffsetTracker:
         if state is None or state.epoch != epoch:
             return False
         state.done.add(offset)
-        while state.pending and state.pending[0] in state.done:
-            head = state.pending.popleft()
+        while state.unfinished and state.unfinished[0] in state.done:
+            head = state.unfinished.popleft()
             state.done.discard(head)
             state.next_offset = head + 1
         return True
@@ -120,8 +121,8 @@ class OffsetTracker:
         """Offsets consumed but not yet committable, for one partition or all."""
         if tp is not None:
             state = self._partitions.get(tp)
-            return len(state.pending) if state else 0
-        return sum(len(state.pending) for state in self._partitions.values())
+            return len(state.unfinished) if state else 0
+        return sum(len(state.unfinished) for state in self._partitions.values())
 
     def _new_state(self) -> _PartitionState:
         self._epochs += 1

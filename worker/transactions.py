@@ -58,6 +58,18 @@ class _Transaction(enum.Enum):
     """The abort is to be completed."""
 
 
+class _Sending(enum.Enum):
+    """Where sending a transaction's offsets stands."""
+
+    SENT = "sent"
+    """The coordinator has them: the commit is next (state COMMITTING)."""
+    WAITING = "waiting"
+    """The call still runs, or failed retriably and the transaction is open again."""
+    LOST = "lost"
+    """The transaction is lost: the call failed for good, or got stuck and the producer
+    was replaced."""
+
+
 class _OffsetsCall:
     """send_offsets_to_transaction on a daemon thread of its own.
 
@@ -159,9 +171,9 @@ class TransactionalCommitter:
             if not self._send_offsets():
                 return not self._record_failed or self.abandon()
         if self._state is _Transaction.SENDING:
-            sent = self._sent_offsets(SEND_OFFSETS_DEADLINE_S if force else 0.0)
-            if sent is not True:
-                return sent is None
+            sending = self._sent_offsets(SEND_OFFSETS_DEADLINE_S if force else 0.0)
+            if sending is not _Sending.SENT:
+                return sending is _Sending.WAITING
         try:
             self._producer.commit_transaction(CALL_TIMEOUT_S)
         except KafkaException as exc:
@@ -197,7 +209,7 @@ class TransactionalCommitter:
         """Abort the open transaction (retried until the coordinator answers); its work is lost."""
         if (
             self._state is _Transaction.SENDING
-            and self._sent_offsets(SEND_OFFSETS_DEADLINE_S) is False
+            and self._sent_offsets(SEND_OFFSETS_DEADLINE_S) is _Sending.LOST
         ):
             return False  # stuck: the producer was replaced, which aborts the transaction
         if self._state is not _Transaction.STARTING:
@@ -235,25 +247,23 @@ class TransactionalCommitter:
         self._state = _Transaction.SENDING
         return True
 
-    def _sent_offsets(self, timeout_s: float) -> bool | None:
-        """Whether the offsets are sent (then COMMITTING); None while the call runs (or
-        failed retriably: then the transaction is open again). False when the
-        transaction was lost: the call failed for good, or got stuck and the
-        producer was replaced."""
+    def _sent_offsets(self, timeout_s: float) -> _Sending:
+        """Whether the offsets are sent, waiting up to `timeout_s` for the call."""
         sending = self._sending
         assert sending is not None
         if not sending.wait(timeout_s):
             waited = max(timeout_s, self._clock() - sending.started_at)
             if waited < SEND_OFFSETS_DEADLINE_S:
-                return None
+                return _Sending.WAITING
             message = f"sending the offsets took over {SEND_OFFSETS_DEADLINE_S:.0f} s"
             self._replace_producer(KafkaError(KafkaError._TIMED_OUT, message))
-            return False
+            return _Sending.LOST
         if sending.failure is not None:
             self._state = _Transaction.OPEN
-            return None if self._recover(sending.failure, "sending the offsets") else False
+            kept = self._recover(sending.failure, "sending the offsets")
+            return _Sending.WAITING if kept else _Sending.LOST
         self._state = _Transaction.COMMITTING
-        return True
+        return _Sending.SENT
 
     def _begin(self) -> None:
         try:

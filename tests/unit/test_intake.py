@@ -1,0 +1,77 @@
+"""Intake: a record becomes a tracked, decoded, routed, tokenized event, or is dropped as stale."""
+
+from __future__ import annotations
+
+import orjson
+
+from config.settings import TopicSettings
+from tests.unit.kafka_stubs import StubMessage
+from worker import serde
+from worker.intake import Intake, batch_cost
+from worker.metrics import Metrics
+from worker.nli.base import EncodedEvent, Task
+from worker.nli.fake import FakeClassifier
+from worker.offsets import OffsetTracker
+from worker.routing import Route, Router
+
+TOPIC = "posts"
+ROUTE = Route.from_settings(TopicSettings(input=TOPIC, output="out", labels=["a", "b", "c"]))
+
+
+class UntokenizableClassifier(FakeClassifier):
+    """A tokenizer that refuses every text."""
+
+    def encode(self, text: str, task: Task) -> EncodedEvent:
+        raise ValueError("no such token")
+
+
+def intake(classifier: FakeClassifier | None = None) -> tuple[Intake, OffsetTracker, Metrics]:
+    tracker, metrics = OffsetTracker(), Metrics()
+    tracker.assign((TOPIC, 0))
+    taker = Intake(Router([ROUTE]), classifier or FakeClassifier(), tracker, metrics, lambda: 7.0)
+    return taker, tracker, metrics
+
+
+def record(offset: int, value: bytes | None, partition: int = 0) -> StubMessage:
+    return StubMessage(TOPIC, partition, offset, value, b"key")
+
+
+def test_a_valid_record_becomes_an_encoded_event_in_flight() -> None:
+    taker, tracker, metrics = intake()
+    event = taker.take(record(4, orjson.dumps({"text": "hello there"})))
+    assert event is not None and event.rejection is None
+    assert (event.source, event.key, event.read_at, event.route) == (
+        (TOPIC, 0, 4),
+        b"key",
+        7.0,
+        ROUTE,
+    )
+    assert event.decoded is not None and event.decoded.text == "hello there"
+    assert event.encoded is not None and batch_cost(event) == (3, event.encoded.max_pair_tokens)
+    assert tracker.in_flight() == 1
+    assert metrics.consumed.labels(TOPIC)._value.get() == 1
+
+
+def test_a_malformed_record_rides_along_rejected_and_costs_the_batch_nothing() -> None:
+    taker, tracker, _ = intake()
+    event = taker.take(record(0, b"{not json"))
+    assert event is not None and event.rejection is not None
+    assert event.rejection.error_type == serde.INVALID_JSON
+    assert batch_cost(event) == (0, 0) and tracker.in_flight() == 1
+
+
+def test_a_text_the_tokenizer_refuses_is_rejected_as_inference_failed() -> None:
+    taker, _, _ = intake(UntokenizableClassifier())
+    event = taker.take(record(0, orjson.dumps({"text": "hello"})))
+    assert event is not None and event.rejection is not None
+    assert event.rejection.error_type == serde.INFERENCE_FAILED
+    assert "no such token" in event.rejection.message
+
+
+def test_stale_records_are_dropped_and_counted() -> None:
+    taker, tracker, metrics = intake()
+    assert taker.take(record(0, b"{}", partition=1)) is None, "no live assignment"
+    assert taker.take(record(5, orjson.dumps({"text": "x"}))) is not None
+    assert taker.take(record(3, orjson.dumps({"text": "x"}))) is None, "below the floor"
+    assert metrics.stale_records.labels(TOPIC)._value.get() == 2
+    assert tracker.in_flight() == 1
