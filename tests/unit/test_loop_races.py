@@ -21,7 +21,7 @@ from tests.unit.test_loop import TOPIC, Loop, events
 from tests.unit.test_loop import settings as loop_settings
 
 PARTITIONS = [(TOPIC, p) for p in range(3)]
-EVENTS = 100
+EVENTS = 80
 partitions = st.sampled_from(PARTITIONS)
 
 
@@ -127,7 +127,7 @@ class Races(RuleBasedStateMachine):
 
 
 Races.TestCase.settings = settings(
-    max_examples=12,
+    max_examples=10,
     stateful_step_count=10,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
