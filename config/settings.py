@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from worker.errors import ConfigError
+from config.errors import ConfigError
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 DEFAULT_MODEL = "valhalla/distilbart-mnli-12-3"

@@ -9,8 +9,8 @@ import pytest
 from confluent_kafka import KafkaError
 from pydantic import SecretStr
 
+from config.errors import ConfigError
 from config.settings import is_secret_property, load_settings
-from worker.errors import ConfigError
 from worker.kafka import clients
 from worker.kafka.clients import (
     DeliveryFailure,

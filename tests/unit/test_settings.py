@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from config.errors import ConfigError
 from config.settings import DEFAULT_MODEL, load_settings
-from worker.errors import ConfigError
 
 EXAMPLE = Path(__file__).parents[2] / "config" / "example.yaml"
 MINIMAL = """
