@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +21,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from config.errors import ConfigError
 
@@ -112,6 +111,8 @@ def _hide_secrets(properties: dict[str, PropertyValue]) -> dict[str, PropertyVal
 
 
 class _Section(BaseModel):
+    """A frozen part of the settings; an unknown key is an error, so a typo cannot pass unseen."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
@@ -416,10 +417,8 @@ def check_template(template: str) -> str:
     return template
 
 
-class Settings(BaseSettings):
+class Settings(_Section):
     """Everything a worker needs; see `load_settings` for where values come from."""
-
-    model_config = SettingsConfigDict(frozen=True, extra="forbid")
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
@@ -476,17 +475,9 @@ class Settings(BaseSettings):
                     )
         return self
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """`load_settings` merges the layers itself, so only the merged values count."""
-        return (init_settings,)
+
+# A layer of settings: nested mappings, as in the YAML file.
+Layer = dict[str, Any]
 
 
 def load_settings(
@@ -499,12 +490,13 @@ def load_settings(
     `overrides` maps dotted keys (``"kafka.group_id"``) to values; None values are skipped.
     Raises ConfigError naming each bad key and why.
     """
+    flags = [(tuple(key.split(".")), v) for key, v in (overrides or {}).items() if v is not None]
     layers = [
         _read_yaml(config_file) if config_file else {},
         _env_layer(os.environ if environ is None else environ),
-        _nest({k: v for k, v in (overrides or {}).items() if v is not None}),
+        _nest(flags),
     ]
-    merged: dict[str, Any] = {}
+    merged: Layer = {}
     for layer in layers:
         _deep_merge(merged, layer)
     try:
@@ -523,7 +515,7 @@ def describe_validation_error(exc: ValidationError, source: str | Path | None) -
     return "\n".join(lines)
 
 
-def _read_yaml(path: str | Path) -> dict[str, Any]:
+def _read_yaml(path: str | Path) -> Layer:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -539,28 +531,23 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
-    layer: dict[str, Any] = {}
-    for name, path in ENV_KEYS.items():
-        if name in environ:
-            _deep_merge(layer, _nest({".".join(path): environ[name]}))
-    kafka: dict[str, dict[str, str]] = {}
+def _env_layer(environ: Mapping[str, str]) -> Layer:
+    """The settings the `ZSC_*` variables give: `ENV_KEYS`, then librdkafka properties."""
+    keys = [(path, environ[name]) for name, path in ENV_KEYS.items() if name in environ]
     for name, value in environ.items():
         # The most specific prefix first: ZSC_KAFKA_CONSUMER_ before ZSC_KAFKA_.
         for prefix, section in KAFKA_ENV_PREFIXES.items():
             if name.startswith(prefix) and len(name) > len(prefix):
                 property_name = name[len(prefix) :].lower().replace("_", ".")
-                kafka.setdefault(section, {})[property_name] = value
+                keys.append((("kafka", section, property_name), value))
                 break
-    if kafka:
-        _deep_merge(layer, {"kafka": kafka})
-    return layer
+    return _nest(keys)
 
 
-def _nest(dotted: Mapping[str, Any]) -> dict[str, Any]:
-    nested: dict[str, Any] = {}
-    for key, value in dotted.items():
-        *parents, leaf = key.split(".")
+def _nest(keys: Iterable[tuple[tuple[str, ...], Any]]) -> Layer:
+    """Values by key path as nested mappings: (("kafka", "group_id"), g) -> {"kafka": {...}}."""
+    nested: Layer = {}
+    for (*parents, leaf), value in keys:
         node = nested
         for part in parents:
             node = node.setdefault(part, {})
@@ -568,7 +555,8 @@ def _nest(dotted: Mapping[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> None:
+def _deep_merge(base: Layer, top: Mapping[str, Any]) -> None:
+    """Lay `top` over `base` in place: mappings merge key by key, anything else replaces."""
     for key, value in top.items():
         if isinstance(value, Mapping) and isinstance(base.get(key), dict):
             _deep_merge(base[key], value)
