@@ -14,13 +14,9 @@ from typing import TextIO
 import orjson
 
 from config import errors as config_errors
-from config.settings import (
-    DEFAULT_BOOTSTRAP,
-    DEFAULT_MODEL,
-    DEFAULT_TEMPLATE,
-    check_template,
-    load_settings,
-)
+from config.kafka import DEFAULT_BOOTSTRAP
+from config.settings import DEFAULT_MODEL, load_settings
+from config.topics import DEFAULT_TEMPLATE, check_template
 from schemas import SCHEMAS, schema_documents
 from worker import errors
 from worker.classification import rank

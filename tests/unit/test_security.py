@@ -10,7 +10,8 @@ from confluent_kafka import KafkaError
 from pydantic import SecretStr
 
 from config.errors import ConfigError
-from config.settings import is_secret_property, load_settings
+from config.kafka import is_secret_property
+from config.settings import load_settings
 from worker.kafka import clients
 from worker.kafka.clients import (
     DeliveryFailure,

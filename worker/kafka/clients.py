@@ -12,7 +12,8 @@ from typing import Any, Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from pydantic import SecretStr
 
-from config.settings import DEFAULT_SESSION_TIMEOUT_MS, PropertyValue, Settings
+from config.kafka import DEFAULT_SESSION_TIMEOUT_MS, PropertyValue
+from config.settings import Settings
 from worker import errors
 
 # See producer_config: how long a dead worker's transaction can block readers.
