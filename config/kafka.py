@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -14,6 +15,7 @@ LibrdkafkaValue = str | int | float | bool
 # A librdkafka property as held in the settings: secrets wrapped so that no repr,
 # log line or error message shows them (see `is_secret_property`).
 PropertyValue = LibrdkafkaValue | SecretStr
+Client = Literal["consumer", "producer"]
 
 # Words that mark a librdkafka property as a secret: sasl.password,
 # ssl.key.password, ssl.keystore.password, sasl.oauthbearer.client.secret,
@@ -91,12 +93,22 @@ class KafkaSettings(ConfigModel):
     def _secrets_hidden(cls, properties: dict[str, PropertyValue]) -> dict[str, PropertyValue]:
         return _hide_secrets(properties)
 
+    def client_properties(self, client: Client) -> dict[str, PropertyValue]:
+        """The properties the configuration gives one client: its own over `properties`."""
+        return {**self.properties, **getattr(self, client)}
+
+    @property
+    def classic_group_protocol(self) -> bool:
+        """Whether the consumer uses the classic group protocol, where the client sets the
+        session timeout; under KIP-848's `consumer` protocol the broker does."""
+        return str(self.client_properties("consumer").get("group.protocol", "classic")) == "classic"
+
     @model_validator(mode="after")
     def _consistent_timeouts(self) -> KafkaSettings:
         """Consumer timeouts that would fail only once the worker runs (or its model loaded)."""
-        consumer = {**self.properties, **self.consumer}
-        if str(consumer.get("group.protocol", "classic")) != "classic":
+        if not self.classic_group_protocol:
             return self  # the broker sets session and heartbeat timings there
+        consumer = self.client_properties("consumer")
         session = _milliseconds(consumer, "session.timeout.ms", DEFAULT_SESSION_TIMEOUT_MS)
         heartbeat = _milliseconds(
             consumer, "heartbeat.interval.ms", LIBRDKAFKA_HEARTBEAT_INTERVAL_MS
@@ -114,6 +126,26 @@ class KafkaSettings(ConfigModel):
                 f" ({session}): librdkafka refuses the consumer otherwise"
             )
         return self
+
+
+def check_guarantee_kept(kafka: KafkaSettings, guarantee: str) -> None:
+    """Refuse client properties that would silently break the delivery guarantee.
+
+    Raises ValueError naming the client section, the property and what it breaks.
+    """
+    owned: list[tuple[Client, dict[str, str]]] = [("consumer", GUARANTEE_CONSUMER_PROPERTIES)]
+    if guarantee == "exactly-once":
+        owned += [
+            ("consumer", EXACTLY_ONCE_CONSUMER_PROPERTIES),
+            ("producer", EXACTLY_ONCE_PRODUCER_PROPERTIES),
+        ]
+    for client, reasons in owned:
+        given = kafka.client_properties(client)
+        for name, reason in reasons.items():
+            if name in given and str(given[name]).lower() not in ("false", "0"):
+                raise ValueError(
+                    f"kafka.{client}: {name} is the worker's own under {guarantee}: {reason}"
+                )
 
 
 def _milliseconds(properties: Mapping[str, PropertyValue], name: str, default: int) -> int | None:

@@ -15,12 +15,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from config.errors import ConfigError
-from config.kafka import (
-    EXACTLY_ONCE_CONSUMER_PROPERTIES,
-    EXACTLY_ONCE_PRODUCER_PROPERTIES,
-    GUARANTEE_CONSUMER_PROPERTIES,
-    KafkaSettings,
-)
+from config.kafka import KafkaSettings, check_guarantee_kept
 from config.model import ConfigModel
 from config.topics import TopicSettings, topic_loops
 
@@ -154,21 +149,7 @@ class Settings(ConfigModel):
 
     @model_validator(mode="after")
     def _guarantee_kept(self) -> Settings:
-        """Refuse client properties that would silently break the delivery guarantee."""
-        owned = [("consumer", GUARANTEE_CONSUMER_PROPERTIES)]
-        if self.processing_guarantee == "exactly-once":
-            owned += [
-                ("consumer", EXACTLY_ONCE_CONSUMER_PROPERTIES),
-                ("producer", EXACTLY_ONCE_PRODUCER_PROPERTIES),
-            ]
-        for client, reasons in owned:
-            given = {**self.kafka.properties, **getattr(self.kafka, client)}
-            for name, reason in reasons.items():
-                if name in given and str(given[name]).lower() not in ("false", "0"):
-                    raise ValueError(
-                        f"kafka.{client}: {name} is the worker's own under"
-                        f" {self.processing_guarantee}: {reason}"
-                    )
+        check_guarantee_kept(self.kafka, self.processing_guarantee)
         return self
 
 

@@ -110,8 +110,7 @@ def consumer_config(settings: Settings, on_error: ErrorCallback | None = None) -
         # whatever was produced before the first worker joined.
         "auto.offset.reset": "earliest",
     }
-    user = {**settings.kafka.properties, **settings.kafka.consumer}
-    if str(user.get("group.protocol", "classic")) == "classic":
+    if settings.kafka.classic_group_protocol:
         # The new protocol (KIP-848) assigns on the broker and sets the session
         # timeout there; librdkafka refuses these two with it.
         config |= {
