@@ -15,6 +15,7 @@ LibrdkafkaValue = str | int | float | bool
 # A librdkafka property as held in the settings: secrets wrapped so that no repr,
 # log line or error message shows them (see `is_secret_property`).
 PropertyValue = LibrdkafkaValue | SecretStr
+# The client a section of properties is for: `kafka.consumer` or `kafka.producer`.
 Client = Literal["consumer", "producer"]
 
 # Words that mark a librdkafka property as a secret: sasl.password,
