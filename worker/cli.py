@@ -13,13 +13,10 @@ from typing import TextIO
 
 import orjson
 
-from config.settings import (
-    DEFAULT_BOOTSTRAP,
-    DEFAULT_MODEL,
-    DEFAULT_TEMPLATE,
-    check_template,
-    load_settings,
-)
+from config import errors as config_errors
+from config.kafka import DEFAULT_BOOTSTRAP
+from config.settings import DEFAULT_MODEL, load_settings
+from config.topics import DEFAULT_TEMPLATE, check_template
 from schemas import SCHEMAS, schema_documents
 from worker import errors
 from worker.classification import rank
@@ -60,9 +57,11 @@ def main(
     """
     args = _parser().parse_args(argv)
     args.load_classifier = load_classifier
+    # The config package's ConfigError (loading the settings) is the base of the
+    # worker's, which is a ZscError too: so it is caught first.
     try:
         return int(args.handler(args))
-    except errors.ConfigError as exc:
+    except config_errors.ConfigError as exc:
         print(f"zsc-worker: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except errors.ModelError as exc:

@@ -14,7 +14,8 @@ from typing import TextIO
 import orjson
 from confluent_kafka import Consumer, Producer
 
-from config.settings import DEFAULT_BOOTSTRAP, DEFAULT_MODEL, Settings
+from config.kafka import DEFAULT_BOOTSTRAP
+from config.settings import DEFAULT_MODEL, Settings
 from worker import errors
 from worker.app import Worker
 from worker.embedded.tansu import RECOMMENDED_SESSION_TIMEOUT_MS

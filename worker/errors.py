@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from config import errors as config_errors
+
 
 class ZscError(Exception):
     """Root of every error raised by zsc-worker."""
 
 
-class ConfigError(ZscError):
-    """The configuration is invalid; the message names the key and the reason."""
+class ConfigError(ZscError, config_errors.ConfigError):
+    """The configuration is invalid; the message names the key and the reason.
+
+    A worker error and the config package's error at once: `except
+    config.errors.ConfigError` catches those raised by loading the settings and these.
+    """
 
 
 class ModelError(ZscError):

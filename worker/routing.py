@@ -6,7 +6,8 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from config.settings import LabelEntry, LabelSpec, Settings, TopicSettings, label_names_of
+from config.settings import Settings
+from config.topics import LabelEntry, LabelSpec, TopicSettings, label_names_of
 from worker.nli.base import LabelGroup, Task
 
 

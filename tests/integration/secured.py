@@ -22,7 +22,7 @@ import orjson
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from config.settings import is_secret_property
+from config.kafka import is_secret_property
 from tests.brokers.apache_kafka import ApacheKafkaBroker
 from tests.integration.faults.support import (
     WorkerProcess,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from config.settings import TopicSettings
+from config.topics import TopicSettings
 from worker.classification import classification_of
 from worker.nli.base import Scores
 from worker.nli.labels import LabelIds

@@ -9,8 +9,9 @@ import pytest
 from confluent_kafka import KafkaError
 from pydantic import SecretStr
 
-from config.settings import is_secret_property, load_settings
-from worker.errors import ConfigError
+from config.errors import ConfigError
+from config.kafka import is_secret_property
+from config.settings import load_settings
 from worker.kafka import clients
 from worker.kafka.clients import (
     DeliveryFailure,

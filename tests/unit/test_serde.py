@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from config.settings import TopicSettings
+from config.topics import TopicSettings
 from schemas import OutputEvent
 from tests.unit.test_classification import make
 from worker import serde

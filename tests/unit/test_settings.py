@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from config.errors import ConfigError
+from config.kafka import KafkaSettings
 from config.settings import DEFAULT_MODEL, load_settings
-from worker.errors import ConfigError
 
 EXAMPLE = Path(__file__).parents[2] / "config" / "example.yaml"
 MINIMAL = """
@@ -254,3 +257,79 @@ def test_batching_bounds_the_config_sets_stay_on_a_gpu(tmp_path: Path) -> None:
     assert (gpu.batching.max_events, gpu.batching.max_tokens) == (512, 4096)
     both = load_settings(config, {"batching.max_events": 8}, {"ZSC_MAX_BATCH_TOKENS": "4096"})
     assert both.for_device("cuda") is both
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ((), 64),
+        (("file",), 10),
+        (("environment",), 20),
+        (("file", "environment"), 20),
+        (("file", "flag"), 30),
+        (("file", "environment", "flag"), 30),
+    ],
+)
+def test_each_layer_beats_the_ones_below_for_a_nested_key(
+    tmp_path: Path, given: tuple[str, ...], expected: int
+) -> None:
+    text = MINIMAL + ("batching: {max_events: 10}\n" if "file" in given else "")
+    environ = {"ZSC_MAX_BATCH_EVENTS": "20"} if "environment" in given else {}
+    flags = {"batching.max_events": 30} if "flag" in given else None
+    settings = load_settings(write(tmp_path, text), flags, environ)
+    assert settings.batching.max_events == expected
+    assert settings.batching.max_tokens == 8192, "a layer sets only the keys it names"
+
+
+def test_environment_properties_join_the_files_and_win_for_the_same_name(
+    tmp_path: Path,
+) -> None:
+    text = MINIMAL + (
+        "kafka:\n"
+        "  group_id: from-file\n"
+        "  consumer: {session.timeout.ms: 6000, fetch.min.bytes: 1}\n"
+        "  properties: {security.protocol: SSL}\n"
+    )
+    environ = {
+        "ZSC_KAFKA_CONSUMER_SESSION_TIMEOUT_MS": "8000",
+        "ZSC_KAFKA_PRODUCER_LINGER_MS": "20",
+        "ZSC_KAFKA_SSL_CA_LOCATION": "/etc/ca.pem",
+        "ZSC_BOOTSTRAP_SERVERS": "env:9092",
+    }
+    kafka = load_settings(write(tmp_path, text), environ=environ).kafka
+    assert kafka.consumer == {"session.timeout.ms": "8000", "fetch.min.bytes": 1}
+    assert kafka.producer == {"linger.ms": "20"}
+    assert kafka.properties == {"security.protocol": "SSL", "ssl.ca.location": "/etc/ca.pem"}
+    assert (kafka.group_id, kafka.bootstrap_servers) == ("from-file", "env:9092")
+
+
+def test_the_config_package_does_not_import_the_worker() -> None:
+    code = (
+        "import sys, config.settings, config.reference\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'worker'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).parents[2],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_workers_config_error_is_a_worker_error_and_a_config_error() -> None:
+    from worker import errors
+
+    raised = errors.ConfigError("--labels: give at least one label")
+    assert isinstance(raised, errors.ZscError) and isinstance(raised, ConfigError)
+
+
+def test_a_clients_own_properties_win_over_the_shared_ones() -> None:
+    kafka = KafkaSettings(
+        properties={"group.protocol": "consumer", "client.id": "zsc"},
+        consumer={"group.protocol": "classic"},
+    )
+    assert kafka.client_properties("consumer") == {"group.protocol": "classic", "client.id": "zsc"}
+    assert kafka.classic_group_protocol
+    assert not KafkaSettings(properties={"group.protocol": "consumer"}).classic_group_protocol

@@ -12,7 +12,8 @@ from typing import Any, Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from pydantic import SecretStr
 
-from config.settings import DEFAULT_SESSION_TIMEOUT_MS, PropertyValue, Settings
+from config.kafka import DEFAULT_SESSION_TIMEOUT_MS, PropertyValue
+from config.settings import Settings
 from worker import errors
 
 # See producer_config: how long a dead worker's transaction can block readers.
@@ -109,8 +110,7 @@ def consumer_config(settings: Settings, on_error: ErrorCallback | None = None) -
         # whatever was produced before the first worker joined.
         "auto.offset.reset": "earliest",
     }
-    user = {**settings.kafka.properties, **settings.kafka.consumer}
-    if str(user.get("group.protocol", "classic")) == "classic":
+    if settings.kafka.classic_group_protocol:
         # The new protocol (KIP-848) assigns on the broker and sets the session
         # timeout there; librdkafka refuses these two with it.
         config |= {
