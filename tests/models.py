@@ -28,8 +28,7 @@ from transformers import (
 )
 
 from tests.texts import fortunes
-from worker.demo_model import DEBERTA_MAX_LENGTH, train_unigram
-from worker.demo_model import TINY_DEBERTA as DEMO_DEBERTA
+from worker.demo_model import DEBERTA_MAX_LENGTH, TINY_DEBERTA, train_unigram
 
 # The label orders of DESIGN.md's table, each with the checkpoints that use it.
 # valhalla/distilbart-mnli-12-3, facebook/bart-large-mnli, joeddav/bart-large-mnli-yahoo-answers
@@ -113,10 +112,6 @@ CHINESE = (
     "学习一门新的语言需要耐心和时间。",
     "医生建议他多喝水，早点休息。",  # noqa: RUF001
 )
-# The demo's tiny DeBERTa-v3 shape, with the init that makes the hypothesis matter.
-TINY_DEBERTA: dict[str, Any] = {**DEMO_DEBERTA, "initializer_range": TINY_INIT_STD}
-
-
 def _labels(id2label: Mapping[int, str]) -> dict[str, Any]:
     return {
         "id2label": dict(id2label),
