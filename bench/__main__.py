@@ -169,6 +169,9 @@ class CpuBench:
             float32 = e2e.measure(replace(spec, dtype="float32"), warmup, load.texts)
             name = "worker e2e, float32"
             self.add(self.row(name, float32.seconds, load.texts, cpu_seconds=float32.cpu_seconds))
+            self.report.agreements.append(
+                agreement(f"{auto_dtype} (worker, dtype auto)", self.reference, scores_of(run))
+            )
         self.worker_facts(run, float32)
         if self.quick:
             return
