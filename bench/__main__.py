@@ -26,15 +26,12 @@ from bench.environment import describe, load_average
 from bench.flops import matmul_peak, model_flops
 from bench.report import Report, ScoreMap, Throughput, agreement
 from bench.serve import ServeSpec
-from worker.nli.loading import resolve_dtype
 
 CPU = torch.device("cpu")
 BASELINE = "pipeline float32 bs=1"
 PIPELINE_BATCH = 16
 BF16_BASELINE = f"pipeline bfloat16 bs={PIPELINE_BATCH}"
 WORKER = "worker e2e, dtype auto"
-# What `dtype auto` resolves to on this CPU: bfloat16 with AMX, else float32.
-AUTO_DTYPE = str(resolve_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
 # bfloat16 has no hardware path on CPUs without AVX512-BF16 or AMX: the pipeline
 # then takes many minutes for the 32 texts, so it runs on a stride sample and its
 # time is scaled to the whole set by FLOPs.
@@ -162,14 +159,19 @@ class CpuBench:
             latency_load=LATENCY_LOAD,
         )
         self.add(self.row(WORKER, run.seconds, load.texts, cpu_seconds=run.cpu_seconds))
-        self.report.facts["dtype auto on this CPU"] = AUTO_DTYPE
+        # The worker resolved `dtype auto` itself (CPU flags and a matmul probe).
+        auto_dtype = run.stats[0]["precision"]
+        self.report.facts["dtype auto on this CPU"] = auto_dtype
         float32 = run
-        if AUTO_DTYPE != "float32":
+        if auto_dtype != "float32":
             # The parity promise is float32's: measure the worker in it too.
             self.progress("worker end to end, float32")
             float32 = e2e.measure(replace(spec, dtype="float32"), warmup, load.texts)
             name = "worker e2e, float32"
             self.add(self.row(name, float32.seconds, load.texts, cpu_seconds=float32.cpu_seconds))
+            self.report.agreements.append(
+                agreement(f"{auto_dtype} (worker, dtype auto)", self.reference, scores_of(run))
+            )
         self.worker_facts(run, float32)
         if self.quick:
             return

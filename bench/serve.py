@@ -178,6 +178,8 @@ def serve(spec: ServeSpec) -> None:
                 "cpu_seconds": usage.ru_utime + usage.ru_stime,
                 "wall_seconds": time.time() - started,
                 "torch_threads": torch.get_num_threads(),
+                # What the worker computes in: `dtype auto` resolves in this process.
+                "precision": classifier.info["precision"],
             },
         )
 

@@ -57,7 +57,8 @@ class ModelSettings(ConfigModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16", "int8"] = Field(
         "auto",
         description=(
-            "auto: bfloat16 on CUDA (float16 without bf16) and on AMX CPUs, else float32. "
+            "auto: bfloat16 on CUDA (float16 without bf16), and on CPUs with AMX or "
+            "AVX512-BF16 where a start-up matmul probe finds it faster; else float32. "
             "int8 (CPU only, opt-in): Linear layers quantized, faster, scores move."
         ),
     )

@@ -24,6 +24,7 @@ from transformers import (
 )
 
 from worker.errors import ModelError
+from worker.nli.precision import cpu_precision
 
 DEVICE_CHOICES = "auto | cpu | cuda | cuda:N"
 _CUDA_DEVICE = re.compile(r"cuda(?::(\d+))?")
@@ -43,11 +44,6 @@ QUANTIZED_MODULES = "torch.ao.nn.quantized"
 
 # What every saved transformers model directory has.
 CONFIG_FILE = "config.json"
-
-CPUINFO = Path("/proc/cpuinfo")
-# The CPU flag of AMX's bfloat16 tile multiply: only with it is bfloat16 faster
-# than float32 on a CPU; without it bfloat16 matmuls are emulated and slower.
-AMX_BF16_FLAG = "amx_bf16"
 
 
 class LoadedModel(NamedTuple):
@@ -84,27 +80,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cuda", index)
 
 
-def cpu_has_amx(cpuinfo: Path = CPUINFO) -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (Intel AMX)."""
-    try:
-        flags = cpuinfo.read_text(encoding="utf-8", errors="replace").split()
-    except OSError:
-        # Not Linux: fall back to what torch's dispatcher detected.
-        return "AMX" in torch.backends.cpu.get_cpu_capability().upper()
-    return AMX_BF16_FLAG in flags
-
-
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """Turn `auto | float32 | bfloat16 | float16` into the dtype to load the weights in.
 
     `auto` takes the fastest precision the device runs well: bfloat16 on GPUs that
-    support it, else float16 on GPUs; bfloat16 on CPUs with AMX, else float32.
+    support it, else float16 on GPUs; on a CPU, bfloat16 where it multiplies
+    bfloat16 in hardware and a start-up probe finds that faster, else float32
+    (see `precision.cpu_precision`).
     """
     choice = name.strip().lower()
     if choice == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_has_amx() else torch.float32
+        return cpu_precision().dtype
     dtype = DTYPES.get(choice)
     if dtype is None:
         raise ModelError(f"unknown dtype {name!r}: expected {DTYPE_CHOICES}")
@@ -112,7 +100,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         raise ModelError(
             "dtype 'float16' is not supported on the CPU: CPUs have no fast float16 "
             "matmul and some of torch's CPU kernels lack it; use 'float32' or "
-            "'bfloat16' (fast on CPUs with AMX), or 'auto'"
+            "'bfloat16' (fast on CPUs with AMX or AVX512-BF16), or 'auto'"
         )
     return dtype
 

@@ -10,7 +10,8 @@ import torch
 
 from worker.errors import ModelError
 from worker.nli import loading
-from worker.nli.loading import cpu_has_amx, load_model, resolve_device, resolve_dtype
+from worker.nli.loading import load_model, resolve_device, resolve_dtype
+from worker.nli.precision import cpu_precision
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda", 0)
@@ -59,11 +60,30 @@ def test_unknown_devices_are_refused(name: str) -> None:
         resolve_device(name)
 
 
-def test_auto_dtype_on_a_cpu_follows_amx(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(loading, "cpu_has_amx", lambda: False)
+def test_auto_dtype_on_a_cpu_follows_hardware_bfloat16(monkeypatch: pytest.MonkeyPatch) -> None:
+    def bfloat16_three_times_faster(dtype: torch.dtype) -> float:
+        return 0.3 if dtype == torch.bfloat16 else 1.0
+
+    monkeypatch.setattr(loading, "cpu_precision", lambda: cpu_precision(flags=()))
     assert resolve_dtype("auto", CPU) == torch.float32
-    monkeypatch.setattr(loading, "cpu_has_amx", lambda: True)
-    assert resolve_dtype("auto", CPU) == torch.bfloat16
+    for flag in ("amx_bf16", "avx512_bf16"):
+        monkeypatch.setattr(
+            loading,
+            "cpu_precision",
+            lambda flag=flag: cpu_precision(flags=(flag,), timer=bfloat16_three_times_faster),
+        )
+        assert resolve_dtype("auto", CPU) == torch.bfloat16
+
+
+def test_explicit_dtypes_and_gpus_never_probe_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    def unexpected() -> None:
+        raise AssertionError("the CPU was probed")
+
+    monkeypatch.setattr(loading, "cpu_precision", unexpected)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_dtype("float32", CPU) == torch.float32
+    assert resolve_dtype("bfloat16", CPU) == torch.bfloat16
+    assert resolve_dtype("auto", CUDA) == torch.bfloat16
 
 
 def test_auto_dtype_on_a_gpu_prefers_bfloat16(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -95,15 +115,6 @@ def test_float16_on_the_cpu_is_refused_with_the_reason() -> None:
 def test_unknown_dtypes_are_refused() -> None:
     with pytest.raises(ModelError, match="expected auto"):
         resolve_dtype("int8", CPU)
-
-
-def test_amx_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
-    with_amx = tmp_path / "with"
-    with_amx.write_text("flags\t\t: fpu avx2 amx_bf16 amx_tile amx_int8\n")
-    without = tmp_path / "without"
-    without.write_text("flags\t\t: fpu avx2 avx512f\n")
-    assert cpu_has_amx(with_amx)
-    assert not cpu_has_amx(without)
 
 
 def test_a_local_model_loads_in_eval_mode_on_device_and_dtype(tiny_bart_dir: Path) -> None:
