@@ -41,8 +41,11 @@ DELIVERY_WAIT_S = 1.0
 # Past this, a send_offsets_to_transaction call is deemed stuck and its producer
 # replaced (see _OffsetsCall). The call itself gives up after CALL_TIMEOUT_S,
 # or after transaction.timeout.ms (10 s) when a request to the coordinator
-# times out; this leaves room for both.
-SEND_OFFSETS_DEADLINE_S = 30.0
+# times out; this leaves room for both. It is what a cluster that loses the
+# group's coordinator waits: librdkafka 2.16 then hangs in the call until
+# another broker changes state (librdkafka issues 5511 and 5456), and the
+# outputs of exactly-once wait with it.
+SEND_OFFSETS_DEADLINE_S = 15.0
 
 
 class _Transaction(enum.Enum):
