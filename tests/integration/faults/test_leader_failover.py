@@ -1,0 +1,228 @@
+"""Brokers of a three-node cluster killed or restarted under a worker while events flow.
+
+Input and output topics have 6 partitions with 3 replicas and min ISR 2, and
+so do the offsets and transaction-state topics: whichever node goes, writes
+go on once its partitions have new leaders, and the group and transaction
+coordinators move with them. The worker runs with its default timeouts (no
+short session timeout: that is a concession to Tansu, and these brokers are
+Apache Kafka's), a single member without static membership, as a deployment
+that sets nothing would. It must lose nothing, a read_committed reader must
+see nothing twice under exactly-once, it must never exit, and every event
+produced before the cluster is whole again must have its output within
+`CATCH_UP_S` of that: a worker that stalls fails, even if it would resume
+after minutes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.brokers.cluster import KafkaCluster
+from tests.integration.conftest import NameFactory
+from tests.integration.faults.conftest import EventTopics, FaultRow, Recorder
+from tests.integration.faults.support import (
+    EXIT_MARGIN_S,
+    EventStream,
+    Tally,
+    WorkerProcess,
+    topics_config,
+    worker_processes,
+    write_config,
+)
+from tests.integration.harness import committed
+
+PARTITIONS = 6
+EVENTS_PER_S = 80.0
+# An upper bound: the stream stops once the faults are over.
+MAX_EVENTS = 100_000
+# Events flow through a settled worker before the first fault.
+WARM_UP_S = 4.0
+# A killed node stays down longer than the brokers' session
+# (broker.session.timeout.ms, 9 s): the controller fences it and its
+# partitions get new leaders while it is away, as after a real crash.
+KILLED_FOR_S = 12.0
+# A node stopped cleanly hands its leaderships over before it exits; a
+# rolling restart brings it back after a short while.
+STOPPED_FOR_S = 4.0
+# Load between one node's return and the next fault.
+BETWEEN_FAULTS_S = 3.0
+# Once the cluster is whole again, the outputs of every event produced so far
+# must come within this: lag back near zero, not a stall.
+CATCH_UP_S = 30.0
+SHUTDOWN_TIMEOUT_S = 10.0
+DRAIN_TIMEOUT_S = 60.0
+LOG_TAIL_CHARS = 4000
+
+
+class Failover:
+    """One scenario on the cluster: a worker, steady load and a tally, checked after each fault.
+
+    Use as a context manager: the worker, the load and the tally run inside the
+    block; faults are `kill_and_restart` and `stop_and_restart`; `finish`
+    drains, stops the worker, records the scenario's row and checks delivery.
+    """
+
+    def __init__(
+        self,
+        scenario: str,
+        guarantee: str,
+        cluster: KafkaCluster,
+        event_topics: EventTopics,
+        unique_name: NameFactory,
+        directory: Path,
+    ) -> None:
+        self.scenario = scenario
+        self.guarantee = guarantee
+        self.cluster = cluster
+        self.source, self.sink, self.dlq = event_topics(PARTITIONS, admin=cluster.admin)
+        self.group = unique_name("g")
+        config = write_config(
+            directory,
+            cluster.bootstrap_servers,
+            self.group,
+            topics_config(self.source, self.sink, self.dlq),
+            session_timeout_ms=None,
+            processing_guarantee=guarantee,
+            shutdown_timeout_s=SHUTDOWN_TIMEOUT_S,
+        )
+        self.worker = WorkerProcess(config, directory / "worker.log")
+        self.stream = EventStream(cluster.bootstrap_servers, self.source, MAX_EVENTS, EVENTS_PER_S)
+        self.tally = Tally(cluster.bootstrap_servers, [self.sink, self.dlq])
+        self.catch_ups: list[float] = []
+        self.faults: list[str] = []
+        self._started = time.monotonic()
+        self._cleanup = contextlib.ExitStack()
+
+    def __enter__(self) -> Failover:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(worker_processes(self.worker))
+            stack.enter_context(self.tally)
+            self.worker.start().wait_for_log(f"assigned {self.source}[")
+            self.stream.start()
+            # A failed scenario must not leave its load running into the next one.
+            stack.callback(self._stop_stream)
+            time.sleep(WARM_UP_S)
+            self._cleanup = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._cleanup.close()
+
+    @property
+    def topics(self) -> list[str]:
+        """The input and output topics: whose leaders the faults go after."""
+        return [self.source, self.sink]
+
+    def kill_and_restart(self, node: int) -> None:
+        """SIGKILL `node`, start it again after `KILLED_FOR_S`, then check the worker caught up."""
+        self.cluster.kill(node)
+        self.faults.append(f"SIGKILL {node}")
+        time.sleep(KILLED_FOR_S)
+        self._restart(node)
+
+    def stop_and_restart(self, node: int) -> None:
+        """SIGTERM `node`, start it again after `STOPPED_FOR_S`, then check the worker caught up."""
+        self.cluster.terminate(node)
+        self.faults.append(f"SIGTERM {node}")
+        time.sleep(STOPPED_FOR_S)
+        self._restart(node)
+
+    def finish(self, record_fault: Recorder) -> None:
+        """Stop the load, wait for its outputs, stop the worker, record the row, check it all."""
+        events = self.stream.stop()
+        self.tally.wait_for(range(events), DRAIN_TIMEOUT_S)
+        self._check_alive("at the end")
+        code, _ = self.worker.terminate(SHUTDOWN_TIMEOUT_S + EXIT_MARGIN_S)
+        lost = self.tally.missing(range(events))
+        duplicates = self.tally.duplicates()
+        record_fault(
+            FaultRow(
+                f"{self.scenario} (3 nodes, RF 3, min ISR 2, default timeouts): caught up "
+                f"{max(self.catch_ups):.0f} s at most after the cluster was whole",
+                self.guarantee,
+                f"{EVENTS_PER_S:.0f} events/s, {PARTITIONS} partitions",
+                ", ".join(self.faults),
+                events,
+                self.tally.total(),
+                duplicates,
+                len(lost),
+                time.monotonic() - self._started,
+            )
+        )
+        assert not lost, f"{len(lost)} events lost, e.g. {sorted(lost)[:10]}"
+        if self.guarantee == "exactly-once":
+            assert duplicates == 0, "a read_committed reader sees every output once"
+        assert all(seen.error_type is None for seen in self.tally.records), "nothing dead-lettered"
+        assert code == 0, (
+            f"SIGTERM stops the worker cleanly:\n{self.worker.log()[-LOG_TAIL_CHARS:]}"
+        )
+
+    def diagnosis(self) -> str:
+        """Where the group stands: committed offsets, leaders, the worker's last words."""
+        offsets = committed(self.cluster.bootstrap_servers, self.group, self.source, PARTITIONS)
+        return (
+            f"committed offsets of {self.source}: {offsets}\n"
+            f"leaders: {self.cluster.leaders(self.topics)}\n"
+            f"worker log:\n{self.worker.log()[-LOG_TAIL_CHARS:]}"
+        )
+
+    def _restart(self, node: int) -> None:
+        self._check_alive(f"while node {node} was down")
+        self.cluster.restart(node)
+        self.cluster.wait_until_replicated()
+        whole_at = time.monotonic()
+        produced = self.stream.produced
+        self.tally.wait_for(range(produced), CATCH_UP_S, settle_s=0.0)
+        missing = self.tally.missing(range(produced))
+        assert not missing, (
+            f"{len(missing)} of the {produced} events produced before the cluster was whole "
+            f"again after {', '.join(self.faults)} have no output {CATCH_UP_S:.0f} s later, "
+            f"e.g. {sorted(missing)[:10]}\n{self.diagnosis()}"
+        )
+        self.catch_ups.append(time.monotonic() - whole_at)
+        self._check_alive(f"after node {node} came back")
+        time.sleep(BETWEEN_FAULTS_S)
+
+    def _check_alive(self, when: str) -> None:
+        assert self.worker.alive, f"the worker exited {when}:\n{self.diagnosis()}"
+
+    def _stop_stream(self) -> None:
+        with contextlib.suppress(AssertionError):  # its failures are reported elsewhere
+            self.stream.stop()
+
+
+@pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
+def test_the_busiest_leader_killed_twice(
+    guarantee: str,
+    kafka_cluster: KafkaCluster,
+    event_topics: EventTopics,
+    unique_name: NameFactory,
+    record_fault: Recorder,
+    tmp_path: Path,
+) -> None:
+    scenario = "SIGKILL of the node leading most partitions, 12 s down, restart; twice"
+    with Failover(scenario, guarantee, kafka_cluster, event_topics, unique_name, tmp_path) as run:
+        first = kafka_cluster.busiest_node(run.topics)
+        run.kill_and_restart(first)
+        run.kill_and_restart(kafka_cluster.busiest_node(run.topics, besides=[first]))
+        run.finish(record_fault)
+
+
+@pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
+def test_a_rolling_restart_of_every_node(
+    guarantee: str,
+    kafka_cluster: KafkaCluster,
+    event_topics: EventTopics,
+    unique_name: NameFactory,
+    record_fault: Recorder,
+    tmp_path: Path,
+) -> None:
+    scenario = "rolling restart: SIGTERM, restart, ISR whole, next node"
+    with Failover(scenario, guarantee, kafka_cluster, event_topics, unique_name, tmp_path) as run:
+        for node in sorted(kafka_cluster.nodes):
+            run.stop_and_restart(node)
+        run.finish(record_fault)
