@@ -326,6 +326,13 @@ class KafkaCluster:
             for partition in topic.partitions.values()
         }
 
+    def group_coordinator(self, group: str) -> int:
+        """The node coordinating a consumer group (leading its offsets partition)."""
+        [future] = self.admin.describe_consumer_groups(
+            [group], request_timeout=_ADMIN_TIMEOUT_S
+        ).values()
+        return int(future.result().coordinator.id)
+
     def busiest_node(self, topics: Iterable[str], besides: Iterable[int] = ()) -> int:
         """The node leading most partitions of `topics`, other than those in `besides`."""
         excluded = set(besides)

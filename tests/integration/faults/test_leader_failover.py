@@ -11,18 +11,29 @@ see nothing twice under exactly-once, it must never exit, and every event
 produced before the cluster is whole again must have its output within
 `CATCH_UP_S` of that: a worker that stalls fails, even if it would resume
 after minutes.
+
+One stall is known and not the worker's: librdkafka's
+`send_offsets_to_transaction` can hang past its timeout once the group
+coordinator it cached is gone (`LIBRDKAFKA_COORDINATOR_HANG`, reproduced
+without the worker by the last test here). The worker replaces a producer
+stuck in that call after 30 s, so exactly-once outputs resume, late. A stall
+whose worker log shows that replacement makes its scenario xfail, once
+delivery itself has been checked; any other stall fails.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from tests.brokers.cluster import KafkaCluster
-from tests.integration.conftest import NameFactory
+from tests.integration.conftest import NameFactory, TopicFactory
 from tests.integration.faults.conftest import EventTopics, FaultRow, Recorder
 from tests.integration.faults.support import (
     EXIT_MARGIN_S,
@@ -30,6 +41,7 @@ from tests.integration.faults.support import (
     Tally,
     WorkerProcess,
     topics_config,
+    wait_until,
     worker_processes,
     write_config,
 )
@@ -56,6 +68,37 @@ CATCH_UP_S = 30.0
 SHUTDOWN_TIMEOUT_S = 10.0
 DRAIN_TIMEOUT_S = 60.0
 LOG_TAIL_CHARS = 4000
+
+LIBRDKAFKA_COORDINATOR_HANG = (
+    "librdkafka (2.16, confluent-kafka 2.16.2) hangs in send_offsets_to_transaction, "
+    "whatever its timeout, when the group coordinator it cached was decommissioned "
+    "(KRaft leaves a fenced broker out of metadata, and librdkafka then drops it): "
+    "confluentinc/librdkafka#5511 and #5456, fixes not released"
+)
+# What the worker logs when it replaces a producer stuck in that call
+# (worker.checkpoint, SEND_OFFSETS_DEADLINE_S): the known stall's signature.
+STUCK_OFFSETS_SIGNATURE = "sending the offsets took over"
+# The reproduction's call gets the worker's own bound on it (worker.checkpoint),
+# and must return (or fail) well within the second figure.
+CALL_TIMEOUT_S = 2.0
+CALL_RETURNS_WITHIN_S = 10.0
+ADMIN_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Stall:
+    """Events still without output `CATCH_UP_S` after the cluster was whole again."""
+
+    after: str
+    missing: int
+    produced: int
+    diagnosis: str
+    log_since_fault: str
+
+    @property
+    def known(self) -> bool:
+        """Whether the worker replaced a producer stuck in librdkafka's known hang."""
+        return STUCK_OFFSETS_SIGNATURE in self.log_since_fault
 
 
 class Failover:
@@ -94,6 +137,8 @@ class Failover:
         self.tally = Tally(cluster.bootstrap_servers, [self.sink, self.dlq])
         self.catch_ups: list[float] = []
         self.faults: list[str] = []
+        self.stalls: list[Stall] = []
+        self._log_at_fault = 0
         self._started = time.monotonic()
         self._cleanup = contextlib.ExitStack()
 
@@ -119,6 +164,7 @@ class Failover:
 
     def kill_and_restart(self, node: int) -> None:
         """SIGKILL `node`, start it again after `KILLED_FOR_S`, then check the worker caught up."""
+        self._log_at_fault = len(self.worker.log())
         self.cluster.kill(node)
         self.faults.append(f"SIGKILL {node}")
         time.sleep(KILLED_FOR_S)
@@ -126,6 +172,7 @@ class Failover:
 
     def stop_and_restart(self, node: int) -> None:
         """SIGTERM `node`, start it again after `STOPPED_FOR_S`, then check the worker caught up."""
+        self._log_at_fault = len(self.worker.log())
         self.cluster.terminate(node)
         self.faults.append(f"SIGTERM {node}")
         time.sleep(STOPPED_FOR_S)
@@ -160,6 +207,18 @@ class Failover:
         assert code == 0, (
             f"SIGTERM stops the worker cleanly:\n{self.worker.log()[-LOG_TAIL_CHARS:]}"
         )
+        unexplained = [stall for stall in self.stalls if not stall.known]
+        assert not unexplained, "\n\n".join(
+            f"{stall.missing} of the {stall.produced} events produced before the cluster was "
+            f"whole again after {stall.after} had no output {CATCH_UP_S:.0f} s later\n"
+            f"{stall.diagnosis}"
+            for stall in unexplained
+        )
+        if self.stalls:
+            pytest.xfail(
+                f"outputs stalled over {CATCH_UP_S:.0f} s after "
+                f"{'; '.join(stall.after for stall in self.stalls)}: {LIBRDKAFKA_COORDINATOR_HANG}"
+            )
 
     def diagnosis(self) -> str:
         """Where the group stands: committed offsets, leaders, the worker's last words."""
@@ -177,12 +236,17 @@ class Failover:
         whole_at = time.monotonic()
         produced = self.stream.produced
         self.tally.wait_for(range(produced), CATCH_UP_S, settle_s=0.0)
-        missing = self.tally.missing(range(produced))
-        assert not missing, (
-            f"{len(missing)} of the {produced} events produced before the cluster was whole "
-            f"again after {', '.join(self.faults)} have no output {CATCH_UP_S:.0f} s later, "
-            f"e.g. {sorted(missing)[:10]}\n{self.diagnosis()}"
-        )
+        if missing := self.tally.missing(range(produced)):
+            # Judged at the end, after delivery: first see whether it resumes at all.
+            self.tally.wait_for(range(produced), DRAIN_TIMEOUT_S, settle_s=0.0)
+            stall = Stall(
+                ", ".join(self.faults),
+                len(missing),
+                produced,
+                self.diagnosis(),
+                self.worker.log()[self._log_at_fault :],
+            )
+            self.stalls.append(stall)
         self.catch_ups.append(time.monotonic() - whole_at)
         self._check_alive(f"after node {node} came back")
         time.sleep(BETWEEN_FAULTS_S)
@@ -196,7 +260,7 @@ class Failover:
 
 
 @pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
-def test_the_busiest_leader_killed_twice(
+def test_the_busiest_leader_then_the_group_coordinator_killed(
     guarantee: str,
     kafka_cluster: KafkaCluster,
     event_topics: EventTopics,
@@ -204,11 +268,19 @@ def test_the_busiest_leader_killed_twice(
     record_fault: Recorder,
     tmp_path: Path,
 ) -> None:
-    scenario = "SIGKILL of the node leading most partitions, 12 s down, restart; twice"
+    scenario = (
+        "SIGKILL of the node leading most partitions, then of the group's coordinator"
+        " (another node), 12 s down, restart"
+    )
     with Failover(scenario, guarantee, kafka_cluster, event_topics, unique_name, tmp_path) as run:
         first = kafka_cluster.busiest_node(run.topics)
         run.kill_and_restart(first)
-        run.kill_and_restart(kafka_cluster.busiest_node(run.topics, besides=[first]))
+        # The coordinator's crash every time: the group and the transactions must
+        # find the new one (the first victim leads nothing since its restart).
+        second = kafka_cluster.group_coordinator(run.group)
+        if second == first:
+            second = kafka_cluster.busiest_node(run.topics, besides=[first])
+        run.kill_and_restart(second)
         run.finish(record_fault)
 
 
@@ -226,3 +298,58 @@ def test_a_rolling_restart_of_every_node(
         for node in sorted(kafka_cluster.nodes):
             run.stop_and_restart(node)
         run.finish(record_fault)
+
+
+@pytest.mark.xfail(strict=True, reason=LIBRDKAFKA_COORDINATOR_HANG)
+def test_send_offsets_to_transaction_returns_after_the_group_coordinator_died(
+    kafka_cluster: KafkaCluster, create_topics: TopicFactory, unique_name: NameFactory
+) -> None:
+    """The stall of the exactly-once scenarios, without the worker: librdkafka alone."""
+    cluster = kafka_cluster
+    source, sink = create_topics([unique_name("in"), unique_name("out")], admin=cluster.admin)
+    group = Consumer({"bootstrap.servers": cluster.bootstrap_servers, "group.id": unique_name("g")})
+    producer = Producer(
+        {"bootstrap.servers": cluster.bootstrap_servers, "transactional.id": unique_name("t")}
+    )
+    producer.init_transactions(ADMIN_TIMEOUT_S)
+
+    def send_offsets(offset: int) -> bool:
+        """One transaction with one output and the offset; whether the offsets call returned."""
+        producer.begin_transaction()
+        producer.produce(sink, b"output")
+        assert producer.flush(ADMIN_TIMEOUT_S) == 0
+        offsets = [TopicPartition(source, 0, offset)]
+        metadata = group.consumer_group_metadata()
+
+        def call() -> None:
+            # A retriable error is an answer too: only a call that never returns stalls.
+            with contextlib.suppress(KafkaException):
+                producer.send_offsets_to_transaction(offsets, metadata, CALL_TIMEOUT_S)
+
+        # On a thread: a hung call cannot be interrupted, only left behind.
+        caller = threading.Thread(target=call, name="send-offsets", daemon=True)
+        caller.start()
+        caller.join(CALL_RETURNS_WITHIN_S)
+        return not caller.is_alive()
+
+    # The producer finds the group coordinator and caches it.
+    assert send_offsets(1)
+    producer.commit_transaction(ADMIN_TIMEOUT_S)
+    coordinator = cluster.leaders(["__consumer_offsets"])[("__consumer_offsets", 0)]
+    assert coordinator is not None
+    cluster.kill(coordinator)
+    try:
+        # Fenced: metadata leaves it out from now on, and a new coordinator leads.
+        wait_until(
+            lambda: coordinator not in cluster.admin.list_topics(timeout=ADMIN_TIMEOUT_S).brokers,
+            ADMIN_TIMEOUT_S,
+            f"node {coordinator} to be fenced",
+        )
+        # A metadata response without it: the producer decommissions it.
+        producer.list_topics(timeout=ADMIN_TIMEOUT_S)
+        assert send_offsets(2), (
+            f"send_offsets_to_transaction({CALL_TIMEOUT_S:.0f} s) had not returned "
+            f"{CALL_RETURNS_WITHIN_S:.0f} s after group coordinator {coordinator} died"
+        )
+    finally:
+        cluster.restore()
