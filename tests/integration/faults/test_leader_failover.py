@@ -101,6 +101,25 @@ class Stall:
         return STUCK_OFFSETS_SIGNATURE in self.log_since_fault
 
 
+def end_offsets(bootstrap_servers: str, topic: str, isolation: str) -> list[int]:
+    """Each partition's end offset as a reader of `isolation` sees it (read_committed: the
+    last stable offset)."""
+    reader = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": f"ends-{topic}",
+            "isolation.level": isolation,
+        }
+    )
+    try:
+        return [
+            reader.get_watermark_offsets(TopicPartition(topic, partition), ADMIN_TIMEOUT_S)[1]
+            for partition in range(PARTITIONS)
+        ]
+    finally:
+        reader.close()
+
+
 class Failover:
     """One scenario on the cluster: a worker, steady load and a tally, checked after each fault.
 
@@ -200,19 +219,19 @@ class Failover:
                 time.monotonic() - self._started,
             )
         )
-        assert not lost, f"{len(lost)} events lost, e.g. {sorted(lost)[:10]}"
-        if self.guarantee == "exactly-once":
-            assert duplicates == 0, "a read_committed reader sees every output once"
-        assert all(seen.error_type is None for seen in self.tally.records), "nothing dead-lettered"
-        assert code == 0, (
-            f"SIGTERM stops the worker cleanly:\n{self.worker.log()[-LOG_TAIL_CHARS:]}"
-        )
         unexplained = [stall for stall in self.stalls if not stall.known]
         assert not unexplained, "\n\n".join(
             f"{stall.missing} of the {stall.produced} events produced before the cluster was "
             f"whole again after {stall.after} had no output {CATCH_UP_S:.0f} s later\n"
             f"{stall.diagnosis}"
             for stall in unexplained
+        )
+        assert not lost, f"{len(lost)} events lost, e.g. {sorted(lost)[:10]}"
+        if self.guarantee == "exactly-once":
+            assert duplicates == 0, "a read_committed reader sees every output once"
+        assert all(seen.error_type is None for seen in self.tally.records), "nothing dead-lettered"
+        assert code == 0, (
+            f"SIGTERM stops the worker cleanly:\n{self.worker.log()[-LOG_TAIL_CHARS:]}"
         )
         if self.stalls:
             pytest.xfail(
@@ -221,10 +240,18 @@ class Failover:
             )
 
     def diagnosis(self) -> str:
-        """Where the group stands: committed offsets, leaders, the worker's last words."""
-        offsets = committed(self.cluster.bootstrap_servers, self.group, self.source, PARTITIONS)
+        """Where the group and the outputs stand, and the worker's last words.
+
+        An output partition whose last stable offset lags its end holds an open
+        transaction that read_committed readers wait for.
+        """
+        servers = self.cluster.bootstrap_servers
         return (
-            f"committed offsets of {self.source}: {offsets}\n"
+            f"committed offsets of {self.source}: "
+            f"{committed(servers, self.group, self.source, PARTITIONS)}\n"
+            f"ends of {self.sink}: {end_offsets(servers, self.sink, 'read_uncommitted')}, "
+            f"last stable offsets: {end_offsets(servers, self.sink, 'read_committed')}\n"
+            f"records the tally read: {self.tally.total()}\n"
             f"leaders: {self.cluster.leaders(self.topics)}\n"
             f"worker log:\n{self.worker.log()[-LOG_TAIL_CHARS:]}"
         )
