@@ -242,21 +242,25 @@ def server_properties(
     overrides: dict[str, str] | None = None,
     sasl_users: Mapping[str, str] | None = None,
     tls: TlsListeners | None = None,
+    node_id: int = _NODE_ID,
+    quorum_voters: str | None = None,
 ) -> dict[str, str]:
     """The configuration of a single-node KRaft cluster on loopback, for tests and development.
 
     With `sasl_users` (user -> password; the first is the broker's own) the
     client listener takes SASL/PLAIN over plaintext instead of anonymous clients.
     With `tls` it takes TLS instead, with client certificates required; with
-    `sasl_users` too, a second listener takes SASL/PLAIN over TLS.
+    `sasl_users` too, a second listener takes SASL/PLAIN over TLS. A node of a
+    larger cluster passes its `node_id` and the `quorum_voters` of all nodes
+    (`id@host:controller_port,...`); its replication settings go in `overrides`.
     """
     properties = {
         # One JVM is the whole cluster: broker and its own KRaft controller.
         "process.roles": "broker,controller",
-        "node.id": str(_NODE_ID),
-        # A static quorum of this node alone; with voters set, formatting needs
-        # no --standalone / --initial-controllers.
-        "controller.quorum.voters": f"{_NODE_ID}@{LOOPBACK}:{controller_port}",
+        "node.id": str(node_id),
+        # A static quorum (of this node alone by default); with voters set,
+        # formatting needs no --standalone / --initial-controllers.
+        "controller.quorum.voters": quorum_voters or f"{node_id}@{LOOPBACK}:{controller_port}",
         # Loopback only: the broker must not be reachable from other hosts.
         "listeners": f"PLAINTEXT://{LOOPBACK}:{port},CONTROLLER://{LOOPBACK}:{controller_port}",
         # Clients reconnect to the advertised address; the default is the host name.

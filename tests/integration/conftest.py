@@ -32,6 +32,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from tests.brokers import apache_kafka
 from tests.brokers.apache_kafka import ApacheKafkaBroker
+from tests.brokers.cluster import KafkaCluster
 from worker.embedded.tansu import TansuBroker
 
 if TYPE_CHECKING:
@@ -128,6 +129,26 @@ def broker_kind(picked_broker: PickedBroker) -> str:
     return picked_broker.kind
 
 
+@pytest.fixture(scope="session")
+def _session_cluster() -> Iterator[KafkaCluster]:
+    """The session's three-node cluster, started on first use (it needs the Maven jars)."""
+    if not apache_kafka.can_run():
+        pytest.skip("a three-node Apache Kafka cluster needs Java 17+ and its jars (or mvn)")
+    with KafkaCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def kafka_cluster(_session_cluster: KafkaCluster) -> KafkaCluster:
+    """A three-node KRaft cluster (RF 3, min ISR 2) whose nodes tests may kill and restart.
+
+    Whole when handed out: a node an earlier test left down is started again
+    and every replica is in sync.
+    """
+    _session_cluster.restore()
+    return _session_cluster
+
+
 @pytest.fixture
 def exactly_once_bootstrap_servers(picked_broker: PickedBroker) -> str:
     """Like `bootstrap_servers`, but skips the test where aborted transactions are not hidden."""
@@ -156,20 +177,20 @@ def admin(bootstrap_servers: str) -> AdminClient:
 
 
 @pytest.fixture
-def create_topics(bootstrap_servers: str) -> Iterator[TopicFactory]:
+def create_topics(request: pytest.FixtureRequest) -> Iterator[TopicFactory]:
     """`create_topics(names, partitions)`: create topics and wait until they are usable.
 
-    Pass `admin=` to create them on another broker. The topics are deleted
-    (best effort) after the test, which matters on a shared external broker.
+    Pass `admin=` to create them on another broker (then the session's broker
+    is not started for it). The topics are deleted (best effort) after the
+    test, which matters on a shared external broker.
     """
-    session_admin = AdminClient({"bootstrap.servers": bootstrap_servers})
     created: list[tuple[AdminClient, list[str]]] = []
 
     def create(
         names: Iterable[str], partitions: int = 1, *, admin: AdminClient | None = None
     ) -> list[str]:
         # Not `admin or ...`: an AdminClient with nothing queued has len() 0, so is falsy.
-        client = admin if admin is not None else session_admin
+        client = admin if admin is not None else request.getfixturevalue("admin")
         wanted = list(names)
         _create_and_wait(client, wanted, partitions)
         created.append((client, wanted))

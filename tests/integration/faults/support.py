@@ -90,6 +90,8 @@ class EventStream:
 
     def __init__(self, bootstrap_servers: str, topic: str, count: int, per_second: float) -> None:
         self.count = count
+        self._produced = 0
+        self._stop = threading.Event()
         self._producer = Producer(
             {"bootstrap.servers": bootstrap_servers, "enable.idempotence": True}
         )
@@ -109,12 +111,24 @@ class EventStream:
         assert not self._thread.is_alive(), "the event stream did not finish"
         assert not self._failures, f"test events failed: {self._failures[:3]}"
 
+    @property
+    def produced(self) -> int:
+        """How many events (0..produced-1) were handed to the producer so far."""
+        return self._produced
+
+    def stop(self, timeout_s: float = 120.0) -> int:
+        """Stop before `count` (load that lasts as long as the faults do), wait until every
+        event produced is acknowledged, and return how many were."""
+        self._stop.set()
+        self.join(timeout_s)
+        return self._produced
+
     def _run(self) -> None:
         started = time.monotonic()
         for number in range(self.count):
             delay = started + number * self._interval_s - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
+            if self._stop.wait(max(0.0, delay)):
+                break
             self._producer.produce(
                 self._topic,
                 event_value(number),
@@ -122,6 +136,7 @@ class EventStream:
                 headers=[(TEST_ID, str(number).encode())],
                 on_delivery=self._delivered,
             )
+            self._produced = number + 1
             self._producer.poll(0)
         self._producer.flush(120)
 
