@@ -319,6 +319,11 @@ class WorkerProcess:
         """Whether the process runs."""
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """The process id while it runs."""
+        return self._process.pid if self._process is not None and self.alive else None
+
     def start(self) -> WorkerProcess:
         """Start (or restart) the worker."""
         assert not self.alive, "already running"
