@@ -24,6 +24,7 @@ delivery itself has been checked; any other stall fails.
 from __future__ import annotations
 
 import contextlib
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -183,18 +184,20 @@ class Failover:
 
     def kill_and_restart(self, node: int) -> None:
         """SIGKILL `node`, start it again after `KILLED_FOR_S`, then check the worker caught up."""
-        self._log_at_fault = len(self.worker.log())
-        self.cluster.kill(node)
-        self.faults.append(f"SIGKILL {node}")
-        time.sleep(KILLED_FOR_S)
-        self._restart(node)
+        self._fault_and_restart(node, signal.SIGKILL, KILLED_FOR_S)
 
     def stop_and_restart(self, node: int) -> None:
         """SIGTERM `node`, start it again after `STOPPED_FOR_S`, then check the worker caught up."""
+        self._fault_and_restart(node, signal.SIGTERM, STOPPED_FOR_S)
+
+    def _fault_and_restart(self, node: int, signum: signal.Signals, down_s: float) -> None:
         self._log_at_fault = len(self.worker.log())
-        self.cluster.terminate(node)
-        self.faults.append(f"SIGTERM {node}")
-        time.sleep(STOPPED_FOR_S)
+        if signum is signal.SIGKILL:
+            self.cluster.kill(node)
+        else:
+            self.cluster.terminate(node)
+        self.faults.append(f"{signum.name} {node}")
+        time.sleep(down_s)
         self._restart(node)
 
     def finish(self, record_fault: Recorder) -> None:
