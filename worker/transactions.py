@@ -190,8 +190,17 @@ class TransactionalCommitter:
         return True
 
     def revoked(self, partitions: list[TopicPartition]) -> bool:
-        """Commit now, so the revoked partitions' next owner starts after our outputs."""
+        """Commit now, so the revoked partitions' next owner starts after our outputs.
+
+        A transaction that cannot commit now (its records not delivered in
+        time, the coordinator away) is aborted: its offsets were not sent, so
+        the revoked partitions' next owner starts before its outputs, and
+        committing them later would show them twice.
+        """
         kept = self.checkpoint(force=True)
+        if kept and self._state is _Transaction.OPEN and self._uncommitted_positions():
+            log.warning("the transaction cannot commit before the revocation: aborting it")
+            kept = self.abandon()
         for tp in partitions:
             self._committed.pop((tp.topic, tp.partition), None)
         if not kept:
@@ -231,13 +240,7 @@ class TransactionalCommitter:
     def _send_offsets(self) -> bool:
         """Start sending the done positions, unless there are none or the records are not
         all delivered yet, or one failed (then `_record_failed`). True once started."""
-        # Every produced record advanced a position, so unchanged positions
-        # mean an empty transaction: nothing to commit.
-        offsets = [
-            tp
-            for tp in self._tracker.positions(self._consumer.assignment())
-            if self._committed.get((tp.topic, tp.partition)) != tp.offset
-        ]
+        offsets = self._uncommitted_positions()
         # Every record delivered first, or its failure known: offsets sent to a
         # transaction that turns abortable meanwhile (a record refused,
         # librdkafka's epoch bump after an abort) can block the call for good.
@@ -249,6 +252,15 @@ class TransactionalCommitter:
         self._sending = _OffsetsCall(self._producer, offsets, metadata, self._clock())
         self._state = _Transaction.SENDING
         return True
+
+    def _uncommitted_positions(self) -> list[TopicPartition]:
+        """The done positions this worker has not committed. Every produced record advanced
+        a position, so none means an empty transaction."""
+        return [
+            tp
+            for tp in self._tracker.positions(self._consumer.assignment())
+            if self._committed.get((tp.topic, tp.partition)) != tp.offset
+        ]
 
     def _sent_offsets(self, timeout_s: float) -> _Sending:
         """Whether the offsets are sent, waiting up to `timeout_s` for the call."""

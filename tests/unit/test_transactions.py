@@ -211,6 +211,28 @@ def test_offsets_wait_until_the_transactions_records_are_delivered() -> None:
     assert producer.calls[-3:] == ["send_offsets", "commit", "begin"]
 
 
+def test_a_revocation_aborts_a_transaction_that_cannot_commit_in_time() -> None:
+    # Its offsets were not sent, so the revoked partitions' next owner starts
+    # before its outputs: committed later, they would show twice.
+    producer = StubProducer()
+    checkpointer, tracker = committer([producer])
+    produce(tracker, 0)
+    producer.undelivered = 3
+    assert not checkpointer.revoked([TopicPartition(*TP)]), "its work is redone"
+    assert "send_offsets" not in producer.calls and "commit" not in producer.calls
+    assert producer.calls[-2:] == ["abort", "begin"]
+
+
+def test_a_revocation_with_nothing_to_commit_keeps_the_transaction() -> None:
+    producer = StubProducer()
+    checkpointer, tracker = committer([producer])
+    produce(tracker, 0)
+    assert checkpointer.revoked([TopicPartition(*TP)])
+    assert producer.calls[-3:] == ["send_offsets", "commit", "begin"]
+    assert checkpointer.revoked([TopicPartition(*TP)]), "an empty transaction stays open"
+    assert "abort" not in producer.calls
+
+
 def test_a_record_that_failed_aborts_the_transaction_before_its_offsets_are_sent() -> None:
     producer = StubProducer()
     checkpointer, tracker = committer([producer])
