@@ -94,9 +94,7 @@ class Soaked:
 
 def catch_up(tally: Tally, produced: int, since: float) -> float:
     """Seconds from `since` until every event below `produced` has a record out."""
-    deadline = time.monotonic() + CATCH_UP_LIMIT_S
-    while tally.missing(range(produced)) and time.monotonic() < deadline:
-        time.sleep(0.5)
+    tally.wait_for(range(produced), CATCH_UP_LIMIT_S, settle_s=0.0)
     return time.monotonic() - since
 
 
