@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.brokers.cluster import NODES, KafkaCluster
-
 from tests.integration.faults.support import (
     EventStream,
     Tally,
