@@ -29,18 +29,23 @@ from tests.integration.faults.support import (
     EventStream,
     Tally,
     WorkerProcess,
+    output_ends,
     topics_config,
     write_config,
 )
+from tests.integration.harness import committed
 from worker.kafka.admin import ensure_topics
 
 PARTITIONS = 6
+GROUP = "soak"
 # Samples of each worker's RSS: often enough for a slope, rarely enough to cost nothing.
 SAMPLE_EVERY_S = 10.0
 # RSS grows while imports finish and buffers fill: the slope starts after this.
 WARM_UP_S = 120.0
 # How long a fault's catch-up may take before the soak calls it a stall.
 CATCH_UP_LIMIT_S = 120.0
+# At a stall, the report lists this many of the events without output.
+MISSING_SHOWN = 10
 SHUTDOWN_TIMEOUT_S = 10.0
 KILLED_BROKER_FOR_S = 12.0
 PAGE_BYTES = 4096
@@ -91,10 +96,33 @@ class Soaked:
             life.samples.append((now - life.started, mb))
 
 
-def catch_up(tally: Tally, produced: int, since: float) -> float:
-    """Seconds from `since` until every event below `produced` has a record out."""
-    tally.wait_for(range(produced), CATCH_UP_LIMIT_S, settle_s=0.0)
-    return time.monotonic() - since
+@dataclass
+class Outputs:
+    """What the soak reads back: the tally of outputs, and where to look when they stall."""
+
+    tally: Tally
+    bootstrap_servers: str
+    source: str
+    sink: str
+    group: str
+    stalls: list[str] = field(default_factory=list)
+
+    def catch_up(self, produced: int, since: float, fault: str) -> float:
+        """Seconds from `since` until every event below `produced` has a record out.
+
+        A catch-up that hits the limit is a stall: note which events are missing and
+        where the group's commits and the outputs' last stable offsets stand."""
+        self.tally.wait_for(range(produced), CATCH_UP_LIMIT_S, settle_s=0.0)
+        seconds = time.monotonic() - since
+        if missing := self.tally.missing(range(produced)):
+            shown = sorted(missing)[:MISSING_SHOWN]
+            self.stalls.append(
+                f"after {fault}: {len(missing)} events without output (first {shown}); "
+                f"committed offsets of {self.source}: "
+                f"{committed(self.bootstrap_servers, self.group, self.source, PARTITIONS)}; "
+                f"{output_ends(self.bootstrap_servers, self.sink, PARTITIONS)}"
+            )
+        return seconds
 
 
 def soak(args: argparse.Namespace, directory: Path) -> list[str]:
@@ -107,7 +135,7 @@ def soak(args: argparse.Namespace, directory: Path) -> list[str]:
         config = write_config(
             directory,
             cluster.bootstrap_servers,
-            "soak",
+            GROUP,
             topics_config(source, sink, dlq),
             session_timeout_ms=None,
             processing_guarantee=args.guarantee,
@@ -122,6 +150,7 @@ def soak(args: argparse.Namespace, directory: Path) -> list[str]:
             Tally(cluster.bootstrap_servers, [sink, dlq]) as tally,
             contextlib.ExitStack() as stack,
         ):
+            outputs = Outputs(tally, cluster.bootstrap_servers, source, sink, GROUP)
             for worker in workers:
                 stack.callback(worker.process.close)
                 worker.start()
@@ -142,11 +171,9 @@ def soak(args: argparse.Namespace, directory: Path) -> list[str]:
                     time.sleep(KILLED_BROKER_FOR_S)
                     cluster.restart(node)
                     cluster.wait_until_replicated()
-                    whole = time.monotonic()
-                    seconds = catch_up(tally, produced, whole)
-                    faults.append(
-                        f"| {now - started:.0f} | broker {node} killed 12 s | {seconds:.1f} |"
-                    )
+                    fault = f"broker {node} killed 12 s"
+                    seconds = outputs.catch_up(produced, time.monotonic(), fault)
+                    faults.append(f"| {now - started:.0f} | {fault} | {seconds:.1f} |")
                 elif now >= next_fault:
                     next_fault += args.fault_every * 60
                     worker = workers[1 + faults_done % 2]
@@ -158,13 +185,12 @@ def soak(args: argparse.Namespace, directory: Path) -> list[str]:
                     else:
                         worker.process.terminate(SHUTDOWN_TIMEOUT_S + 10)
                     worker.start()
-                    seconds = catch_up(tally, produced, time.monotonic())
-                    faults.append(
-                        f"| {now - started:.0f} | {how} {worker.name}, restart | {seconds:.1f} |"
-                    )
+                    fault = f"{how} {worker.name}, restart"
+                    seconds = outputs.catch_up(produced, time.monotonic(), fault)
+                    faults.append(f"| {now - started:.0f} | {fault} | {seconds:.1f} |")
                 time.sleep(SAMPLE_EVERY_S)
             produced = stream.stop()
-            catch_up(tally, produced, time.monotonic())
+            outputs.catch_up(produced, time.monotonic(), "the end of the stream")
             time.sleep(3)
             lost = len(tally.missing(range(produced)))
             duplicates = tally.duplicates()
@@ -182,6 +208,8 @@ def soak(args: argparse.Namespace, directory: Path) -> list[str]:
         last = next((life.samples[-1][1] for life in reversed(worker.lives) if life.samples), 0.0)
         lines.append(f"| {worker.name} | {len(worker.lives)} | {shown} | {last:.0f} |")
     lines += ["", "| at (s) | fault | catch-up (s) |", "|---:|---|---:|", *faults]
+    if outputs.stalls:
+        lines += ["", "Stalls:", *(f"- {stall}" for stall in outputs.stalls)]
     return lines
 
 

@@ -45,6 +45,8 @@ EXIT_MARGIN_S = 10.0
 # A killed or stopped worker's records may still be on their way: a tally keeps
 # reading this long after the last expected record for duplicates to show.
 SETTLE_S = 3.0
+# How long a read of a partition's offsets may wait for its leader.
+WATERMARK_TIMEOUT_S = 30.0
 # librdkafka holds at most this much prefetched data for a test reader.
 READER_PREFETCH_KBYTES = 4096
 
@@ -153,6 +155,33 @@ class Seen:
     topic: str
     error_type: str | None
     message: Message
+
+
+def end_offsets(bootstrap_servers: str, topic: str, partitions: int, isolation: str) -> list[int]:
+    """Each partition's end offset as a reader of `isolation` sees it (read_committed: the
+    last stable offset)."""
+    reader = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": f"ends-{topic}",
+            "isolation.level": isolation,
+        }
+    )
+    try:
+        return [
+            reader.get_watermark_offsets(TopicPartition(topic, partition), WATERMARK_TIMEOUT_S)[1]
+            for partition in range(partitions)
+        ]
+    finally:
+        reader.close()
+
+
+def output_ends(bootstrap_servers: str, topic: str, partitions: int) -> str:
+    """A topic's ends and last stable offsets, per partition: an output partition whose last
+    stable offset lags its end holds an open transaction that read_committed readers wait for."""
+    ends = end_offsets(bootstrap_servers, topic, partitions, "read_uncommitted")
+    stable = end_offsets(bootstrap_servers, topic, partitions, "read_committed")
+    return f"ends of {topic}: {ends}, last stable offsets: {stable}"
 
 
 class Tally:

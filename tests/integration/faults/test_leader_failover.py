@@ -41,6 +41,7 @@ from tests.integration.faults.support import (
     EventStream,
     Tally,
     WorkerProcess,
+    output_ends,
     topics_config,
     wait_until,
     worker_processes,
@@ -100,25 +101,6 @@ class Stall:
     def known(self) -> bool:
         """Whether the worker replaced a producer stuck in librdkafka's known hang."""
         return STUCK_OFFSETS_SIGNATURE in self.log_since_fault
-
-
-def end_offsets(bootstrap_servers: str, topic: str, isolation: str) -> list[int]:
-    """Each partition's end offset as a reader of `isolation` sees it (read_committed: the
-    last stable offset)."""
-    reader = Consumer(
-        {
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": f"ends-{topic}",
-            "isolation.level": isolation,
-        }
-    )
-    try:
-        return [
-            reader.get_watermark_offsets(TopicPartition(topic, partition), ADMIN_TIMEOUT_S)[1]
-            for partition in range(PARTITIONS)
-        ]
-    finally:
-        reader.close()
 
 
 class Failover:
@@ -243,17 +225,12 @@ class Failover:
             )
 
     def diagnosis(self) -> str:
-        """Where the group and the outputs stand, and the worker's last words.
-
-        An output partition whose last stable offset lags its end holds an open
-        transaction that read_committed readers wait for.
-        """
+        """Where the group and the outputs stand, and the worker's last words."""
         servers = self.cluster.bootstrap_servers
         return (
             f"committed offsets of {self.source}: "
             f"{committed(servers, self.group, self.source, PARTITIONS)}\n"
-            f"ends of {self.sink}: {end_offsets(servers, self.sink, 'read_uncommitted')}, "
-            f"last stable offsets: {end_offsets(servers, self.sink, 'read_committed')}\n"
+            f"{output_ends(servers, self.sink, PARTITIONS)}\n"
             f"records the tally read: {self.tally.total()}\n"
             f"leaders: {self.cluster.leaders(self.topics)}\n"
             f"worker log:\n{self.worker.log()[-LOG_TAIL_CHARS:]}"
