@@ -97,7 +97,9 @@ class GpuBench:
     def classifier(self, dtype: torch.dtype, **options: int) -> NLIClassifier:
         """A classifier on the device in `dtype`."""
         loaded = load_model(str(self.model_dir), self.device, dtype)
-        return NLIClassifier(str(self.model_dir), loaded.tokenizer, loaded.model, **options)
+        return NLIClassifier.of_model(
+            str(self.model_dir), loaded.tokenizer, loaded.model, **options
+        )
 
     def peak(self) -> None:
         """The bfloat16 matmul peak, measured."""
@@ -141,7 +143,9 @@ class GpuBench:
         loaded = load_model(str(self.model_dir), self.device, torch.bfloat16)
 
         def on_bf16(**options: int) -> NLIClassifier:
-            return NLIClassifier(str(self.model_dir), loaded.tokenizer, loaded.model, **options)
+            return NLIClassifier.of_model(
+                str(self.model_dir), loaded.tokenizer, loaded.model, **options
+            )
 
         for budget in budgets:
             self.throughput(f"bfloat16, budget {budget}", on_bf16(max_batch_tokens=budget))
@@ -231,7 +235,7 @@ class GpuBench:
         loaded = load_model(str(self.model_dir), self.device, torch.bfloat16)
         # The compiled wrapper forwards attributes (config, device) to the model.
         model = cast(PreTrainedModel, torch.compile(loaded.model, dynamic=True))
-        classifier = NLIClassifier(str(self.model_dir), loaded.tokenizer, model)
+        classifier = NLIClassifier.of_model(str(self.model_dir), loaded.tokenizer, model)
         started = time.perf_counter()
         classifier.classify(
             [classifier.encode(t, baseline.task_of(self.load)) for t in self.load.warmup]

@@ -25,8 +25,8 @@ from bench.flops import model_flops
 from worker.batching import MicroBatcher
 from worker.nli.base import EncodedEvent
 from worker.nli.budget import CPU_MAX_BATCH_TOKENS, CPU_MIN_BATCH_TOKENS
-from worker.nli.classifier import NLIClassifier
-from worker.nli.loading import LoadedModel, load_model, quantize_int8
+from worker.nli.classifier import NLIClassifier, load_classifier
+from worker.nli.loading import LoadedModel, load_model
 
 CPU = torch.device("cpu")
 # The worker's batching defaults (config/settings.py).
@@ -83,7 +83,7 @@ def variants(model_dir: str, with_compile: bool) -> list[Variant]:
     """The default classifier first, then one variant per lever."""
 
     def classifier(loaded: LoadedModel, **options: int) -> NLIClassifier:
-        return NLIClassifier(model_dir, loaded.tokenizer, loaded.model, **options)
+        return NLIClassifier.of_model(model_dir, loaded.tokenizer, loaded.model, **options)
 
     sdpa = load_model(model_dir, CPU, torch.float32)
     default = classifier(sdpa)
@@ -100,10 +100,7 @@ def variants(model_dir: str, with_compile: bool) -> list[Variant]:
         Variant("1 torch thread", default, threads=1),
         Variant("eager attention", classifier(load_model(model_dir, CPU, torch.float32, "eager"))),
     ]
-    int8 = load_model(model_dir, CPU, torch.float32)
-    found.append(
-        Variant("int8 (opt-in)", classifier(int8._replace(model=quantize_int8(int8.model))))
-    )
+    found.append(Variant("int8 (opt-in)", load_classifier(model_dir, "cpu", "int8")))
     if with_compile:
         compiled = load_model(model_dir, CPU, torch.float32)
         # The compiled wrapper forwards attributes (config, device) to the model.

@@ -59,7 +59,8 @@ class ModelSettings(ConfigModel):
         description=(
             "auto: bfloat16 on CUDA (float16 without bf16), and on CPUs with AMX or "
             "AVX512-BF16 where a start-up matmul probe finds it faster; else float32. "
-            "int8 (CPU only, opt-in): Linear layers quantized, faster, scores move."
+            "int8 (CPU only, opt-in): the model in ONNX Runtime with int8 weights, faster, "
+            "scores move (see Slow on a CPU)."
         ),
     )
 

@@ -8,53 +8,49 @@ then applies the pipeline's scoring math to the gathered logits.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from worker.errors import ConfigError, InferenceError, ModelError
 from worker.nli.base import EncodedEvent, Scores, Task
 from worker.nli.budget import default_max_batch_tokens, default_min_batch_tokens, plan_batches
+from worker.nli.forward import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, Forward, TorchForward
 from worker.nli.labels import LabelIds, resolve_label_ids
-from worker.nli.loading import (
-    INT8,
-    load_model,
-    precision_of,
-    quantize_int8,
-    resolve_device,
-    resolve_dtype,
-)
+from worker.nli.loading import load_model, resolve_device, resolve_dtype
+from worker.nli.onnx_int8 import INT8, load_int8
 from worker.nli.pairs import PairEncoder, pairs_of
 
 
 class NLIClassifier:
     """Zero-shot classification with an NLI model, scores equal to transformers' pipeline.
 
-    `max_batch_tokens` and `min_batch_tokens` shape the forward batches (see
-    `plan_batches`); None takes the model's device's default.
+    `forward` runs the model (`config`'s) on padded batches; `max_batch_tokens`
+    and `min_batch_tokens` shape the forward batches (see `plan_batches`); None
+    takes the forward's device's default.
     """
 
     def __init__(
         self,
         model_name: str,
         tokenizer: PreTrainedTokenizerBase,
-        model: PreTrainedModel,
+        config: PretrainedConfig,
+        forward: Forward,
         max_batch_tokens: int | None = None,
         min_batch_tokens: int | None = None,
     ) -> None:
         if max_batch_tokens is not None and max_batch_tokens <= 0:
             raise ConfigError(f"max_batch_tokens must be positive, got {max_batch_tokens}")
-        config = model.config
         self._model_name = model_name
-        self._model = model
+        self._config = config
+        self._forward_pass = forward
         self._label_ids: LabelIds = resolve_label_ids(config.label2id or {})
         self._num_labels = len(config.id2label or {})
-        self._max_batch_tokens = max_batch_tokens or default_max_batch_tokens(model.device)
-        self._min_batch_tokens = min_batch_tokens or default_min_batch_tokens(model.device)
+        self._max_batch_tokens = max_batch_tokens or default_max_batch_tokens(forward.device)
+        self._min_batch_tokens = min_batch_tokens or default_min_batch_tokens(forward.device)
 
         self._encoder = PairEncoder(model_name, tokenizer, config)
 
@@ -62,15 +58,19 @@ class NLIClassifier:
         pad_id = tokenizer.pad_token_id
         self._pad_id = int(pad_id if pad_id is not None else config.pad_token_id or 0)
         self._pad_type_id = int(tokenizer.pad_token_type_id)
-        forward_args = inspect.signature(model.forward).parameters
-        # Models with type_vocab_size 0 (DeBERTa-v3) ignore token types.
-        self._uses_token_types = (
-            "token_type_ids" in tokenizer.model_input_names
-            and "token_type_ids" in forward_args
-            and getattr(config, "type_vocab_size", 1) > 0
-        )
-        # The pipeline turns the decoder cache off for sequence classification.
-        self._no_cache = {"use_cache": False} if "use_cache" in forward_args else {}
+
+    @classmethod
+    def of_model(
+        cls,
+        model_name: str,
+        tokenizer: PreTrainedTokenizerBase,
+        model: PreTrainedModel,
+        max_batch_tokens: int | None = None,
+        min_batch_tokens: int | None = None,
+    ) -> NLIClassifier:
+        """A classifier that runs a transformers model in torch."""
+        forward = TorchForward(tokenizer, model)
+        return cls(model_name, tokenizer, model.config, forward, max_batch_tokens, min_batch_tokens)
 
     @property
     def model_name(self) -> str:
@@ -80,12 +80,12 @@ class NLIClassifier:
     @property
     def device(self) -> torch.device:
         """Where the model runs."""
-        return self._model.device
+        return self._forward_pass.device
 
     @property
-    def dtype(self) -> torch.dtype:
-        """The precision of the model's weights."""
-        return self._model.dtype
+    def precision(self) -> str:
+        """The precision the model computes in: float32, bfloat16, float16 or int8."""
+        return self._forward_pass.precision
 
     @property
     def max_batch_tokens(self) -> int:
@@ -102,9 +102,9 @@ class NLIClassifier:
         """What serves the scores: model, architecture, device, precision, forward budget."""
         return {
             "model": self._model_name,
-            "architecture": str(self._model.config.model_type),
+            "architecture": str(self._config.model_type),
             "device": str(self.device),
-            "precision": precision_of(self._model),
+            "precision": self.precision,
             "max_batch_tokens": str(self._max_batch_tokens),
         }
 
@@ -162,25 +162,17 @@ class NLIClassifier:
             ids_array[row, : len(ids)] = ids
             mask_array[row, : len(ids)] = 1
             types_array[row, : len(ids)] = types
-        arrays = {"input_ids": ids_array, "attention_mask": mask_array}
-        if self._uses_token_types:
-            arrays["token_type_ids"] = types_array
+        arrays = {INPUT_IDS: ids_array, ATTENTION_MASK: mask_array}
+        if TOKEN_TYPE_IDS in self._forward_pass.input_names:
+            arrays[TOKEN_TYPE_IDS] = types_array
         try:
-            inputs = {name: self._to_device(a) for name, a in arrays.items()}
-            logits: torch.Tensor = self._model(**inputs, **self._no_cache).logits
+            logits = self._forward_pass(arrays)
         except (RuntimeError, ValueError, IndexError) as error:
             raise InferenceError(
                 f"inference failed on a batch of {len(input_ids)} pairs of up to {width} tokens "
                 f"on {self.device}: {type(error).__name__}: {error}"
             ) from None
         return logits
-
-    def _to_device(self, array: npt.NDArray[np.int64]) -> torch.Tensor:
-        tensor = torch.from_numpy(array)
-        if self.device.type != "cuda":
-            return tensor
-        # From page-locked memory the copy is asynchronous: the host goes on padding.
-        return tensor.pin_memory().to(self.device, non_blocking=True)
 
     def _gather(self, queued: list[torch.Tensor], pairs: int) -> npt.NDArray[np.float32]:
         """Wait for every queued batch and bring their logits to the host, rows in batch order."""
@@ -203,17 +195,20 @@ def load_classifier(
     """Load model `name` (hub id or directory) and wrap it as a classifier.
 
     `device` is auto | cpu | cuda | cuda:N, `dtype` auto | float32 | bfloat16 |
-    float16, or int8 (CPU only, opt-in: see `loading.INT8`); `max_batch_tokens`
+    float16, or int8 (CPU only, opt-in: see `onnx_int8`); `max_batch_tokens`
     None picks the device's default budget. Raises `ModelError` when the model
     cannot be loaded or is not an NLI model.
     """
     torch_device = resolve_device(device)
     if dtype.strip().lower() != INT8:
-        loaded = load_model(name, torch_device, resolve_dtype(dtype, torch_device))
-        return NLIClassifier(name, loaded.tokenizer, loaded.model, max_batch_tokens)
+        tokenizer, model = load_model(name, torch_device, resolve_dtype(dtype, torch_device))
+        return NLIClassifier.of_model(name, tokenizer, model, max_batch_tokens)
     if torch_device.type != "cpu":
         raise ModelError(
             f"dtype {INT8!r} is for the CPU only; on {torch_device} use 'bfloat16' or 'float16'"
         )
-    loaded = load_model(name, torch_device, torch.float32)
-    return NLIClassifier(name, loaded.tokenizer, quantize_int8(loaded.model), max_batch_tokens)
+    tokenizer, model = load_model(name, torch_device, torch.float32)
+    # The float32 weights are in the ONNX graph now; the torch model is let go.
+    return NLIClassifier(
+        name, tokenizer, model.config, load_int8(name, tokenizer, model), max_batch_tokens
+    )

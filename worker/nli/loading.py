@@ -7,7 +7,6 @@ message that says what to do.
 from __future__ import annotations
 
 import re
-import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -35,13 +34,6 @@ DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
 }
 DTYPE_CHOICES = "auto | " + " | ".join(DTYPES)
-# Opt-in, never what `auto` picks: Linear weights in int8 and their inputs
-# quantized batch by batch (torch's dynamic quantization). On CPUs without AMX
-# it about doubles throughput; scores then drift from the pipeline's.
-INT8 = "int8"
-# Where torch keeps the layers `quantize_dynamic` swaps in.
-QUANTIZED_MODULES = "torch.ao.nn.quantized"
-
 # What every saved transformers model directory has.
 CONFIG_FILE = "config.json"
 
@@ -174,28 +166,3 @@ def load_model(
             "(its tokenizer knows nothing but special tokens)"
         )
     return LoadedModel(tokenizer=tokenizer, model=model)
-
-
-def quantize_int8(model: PreTrainedModel) -> PreTrainedModel:
-    """Quantize the Linear layers of a float32 CPU model to int8 (dynamic quantization)."""
-    try:
-        from torch.ao.quantization import quantize_dynamic
-    except ImportError:
-        raise ModelError(
-            "dtype 'int8' needs torch's dynamic quantization (torch.ao.quantization), "
-            "which this torch no longer has; use 'float32'"
-        ) from None
-    with warnings.catch_warnings():
-        # torch marks eager-mode quantization as deprecated in favour of torchao
-        # (not a dependency here); the API still works, and tests cover it.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        quantized: PreTrainedModel = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-    return quantized
-
-
-def precision_of(model: PreTrainedModel) -> str:
-    """The precision the model computes in: INT8 once quantized, else its weights' dtype."""
-    if any(type(m).__module__.startswith(QUANTIZED_MODULES) for m in model.modules()):
-        return INT8
-    return str(model.dtype).removeprefix("torch.")

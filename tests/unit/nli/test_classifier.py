@@ -35,14 +35,14 @@ def loaded_bart(tiny_bart_dir: Path) -> LoadedModel:
 
 @pytest.fixture(scope="module")
 def bart(tiny_bart_dir: Path, loaded_bart: LoadedModel) -> NLIClassifier:
-    return NLIClassifier(str(tiny_bart_dir), loaded_bart.tokenizer, loaded_bart.model)
+    return NLIClassifier.of_model(str(tiny_bart_dir), loaded_bart.tokenizer, loaded_bart.model)
 
 
 @pytest.fixture
-def batch_shapes(bart: NLIClassifier) -> Iterator[list[tuple[int, int]]]:
+def batch_shapes(loaded_bart: LoadedModel) -> Iterator[list[tuple[int, int]]]:
     """The (rows, width) of every forward batch the BART model runs."""
     shapes: list[tuple[int, int]] = []
-    model = bart._model
+    model = loaded_bart.model
     handle = model.register_forward_pre_hook(
         lambda _module, _args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)),
         with_kwargs=True,
@@ -161,7 +161,9 @@ def test_scores_do_not_depend_on_the_token_budget(
     events = [bart.encode(t, TAGS if i % 2 else TOPICS) for i, t in enumerate(fortunes(12))]
     reference = bart.classify(events)
     batch_shapes.clear()
-    budgeted = NLIClassifier(bart.model_name, loaded_bart.tokenizer, loaded_bart.model, budget)
+    budgeted = NLIClassifier.of_model(
+        bart.model_name, loaded_bart.tokenizer, loaded_bart.model, budget
+    )
     scores = budgeted.classify(events)
     for got, expected in zip(scores, reference, strict=True):
         np.testing.assert_allclose(got.scores, expected.scores, atol=TOLERANCE)
@@ -189,13 +191,13 @@ def test_a_budget_must_be_positive(tiny_bart_dir: Path) -> None:
 
 
 def test_model_failures_become_inference_errors(
-    bart: NLIClassifier, monkeypatch: pytest.MonkeyPatch
+    bart: NLIClassifier, loaded_bart: LoadedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def out_of_memory(**_inputs: object) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     event = bart.encode("text", TOPICS)
-    monkeypatch.setattr(bart._model, "forward", out_of_memory)
+    monkeypatch.setattr(loaded_bart.model, "forward", out_of_memory)
     with pytest.raises(InferenceError, match=r"4 pairs.*CUDA out of memory"):
         bart.classify([event])
 
@@ -217,6 +219,6 @@ def test_a_model_without_entailment_is_refused_at_load(
 def test_the_classifier_reports_its_model(bart: NLIClassifier, tiny_bart_dir: Path) -> None:
     assert bart.model_name == str(tiny_bart_dir)
     assert bart.device == torch.device("cpu")
-    assert bart.dtype == torch.float32
+    assert bart.precision == "float32"
     assert bart.label_ids.entailment_id == 2
     assert CONTRADICTION_NEUTRAL_ENTAILMENT[bart.label_ids.contradiction_id] == "contradiction"

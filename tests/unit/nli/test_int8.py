@@ -1,43 +1,104 @@
-"""The int8 opt-in: dynamic quantization of the Linear layers, CPU only, never the default."""
+"""The int8 opt-in: the model exported to ONNX with int8 weights, run by ONNX Runtime.
+
+CPU only, never the default, cached by a digest of the weights.
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
 from tests.texts import fortunes
 from worker.errors import ModelError
 from worker.nli import classifier as classifier_module
+from worker.nli import onnx_int8
 from worker.nli.base import Task
-from worker.nli.classifier import load_classifier
+from worker.nli.classifier import NLIClassifier, load_classifier
+from worker.nli.onnx_int8 import MODEL_FILE, OnnxInt8Forward
 
 TASK = Task(("computers", "food", "love", "science"), "This example is {}.", multi_label=True)
-# int8 moves scores (on the tiny model's large random weights, by up to ~0.2);
+# int8 moves scores (on the tiny models' large random weights, by up to ~0.2);
 # these only say they are still the same model's scores.
 MIN_CORRELATION = 0.9
 MAX_MEAN_DELTA = 0.1
 
 
-def test_int8_quantizes_the_linear_layers_and_scores_like_float32(tiny_bart_dir: Path) -> None:
-    texts = fortunes(4, max_chars=400)
-    int8 = load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")
-    float32 = load_classifier(str(tiny_bart_dir), device="cpu", dtype="float32")
-    layers = [type(m) for m in int8._model.modules()]
-    assert DynamicLinear in layers
-    assert torch.nn.Linear not in layers
+@pytest.fixture(autouse=True)
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A cache of exported models of the test's own."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return onnx_int8.cache_root()
+
+
+def scores(classifier: NLIClassifier, texts: list[str]) -> np.ndarray:
+    return np.array(
+        [s.scores for s in classifier.classify([classifier.encode(t, TASK) for t in texts])]
+    )
+
+
+@pytest.mark.parametrize("family", ["tiny_bart_dir", "tiny_deberta_dir", "tiny_mdeberta_dir"])
+def test_int8_runs_in_onnx_runtime_and_scores_like_float32(
+    family: str, request: pytest.FixtureRequest
+) -> None:
+    model_dir = str(request.getfixturevalue(family))
+    # Pairs of different lengths in one batch: a graph that ignored the padding
+    # would score the short ones far from float32.
+    texts = fortunes(6, max_chars=400)
+    int8 = load_classifier(model_dir, device="cpu", dtype="int8")
+    float32 = load_classifier(model_dir, device="cpu", dtype="float32")
+    assert isinstance(int8._forward_pass, OnnxInt8Forward)
     assert int8.info["precision"] == "int8"
     assert float32.info["precision"] == "float32"
-    got = np.array([s.scores for s in int8.classify([int8.encode(t, TASK) for t in texts])])
-    expected = np.array(
-        [s.scores for s in float32.classify([float32.encode(t, TASK) for t in texts])]
-    )
+    got, expected = scores(int8, texts), scores(float32, texts)
     assert np.all((got >= 0) & (got <= 1))
     assert np.corrcoef(got.ravel(), expected.ravel())[0, 1] > MIN_CORRELATION
     assert np.abs(got - expected).mean() < MAX_MEAN_DELTA
+
+
+def test_the_export_is_cached_and_reused(
+    tiny_bart_dir: Path, cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger=onnx_int8.__name__):
+        first = load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")
+        exported = list(cache.glob(f"*/{MODEL_FILE}"))
+        assert len(exported) == 1
+        stamp = exported[0].stat().st_mtime_ns
+        second = load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")
+    assert exported[0].stat().st_mtime_ns == stamp
+    assert [r.message for r in caplog.records].count(
+        f"exporting {tiny_bart_dir} to ONNX with int8 weights (once per model and versions)"
+    ) == 1
+    texts = fortunes(2, max_chars=200)
+    np.testing.assert_array_equal(scores(first, texts), scores(second, texts))
+    # Leftovers of an export (a crash half-way) never count as the model.
+    assert [p.name for p in cache.iterdir()] == [exported[0].parent.name]
+
+
+def test_a_cache_that_cannot_be_written_exports_into_a_temporary_directory(
+    tiny_bart_dir: Path, cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A file where the cache's directory should be: even root cannot write there.
+    cache.parent.parent.mkdir(parents=True)
+    cache.parent.write_text("")
+    with caplog.at_level(logging.WARNING, logger=onnx_int8.__name__):
+        int8 = load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")
+    assert any("cannot write the int8 model cache" in r.message for r in caplog.records)
+    assert scores(int8, fortunes(1, max_chars=200)).shape == (1, len(TASK.labels))
+
+
+def test_a_model_that_does_not_export_is_a_model_error(
+    tiny_bart_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(*_args: object) -> None:
+        raise RuntimeError("an operator ONNX has no symbol for")
+
+    monkeypatch.setattr(onnx_int8, "export_int8", fail)
+    with pytest.raises(ModelError, match=r"could not export .* to ONNX Runtime.*no symbol for"):
+        load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")
 
 
 def test_int8_is_refused_on_a_gpu(tiny_bart_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -48,4 +109,4 @@ def test_int8_is_refused_on_a_gpu(tiny_bart_dir: Path, monkeypatch: pytest.Monke
 
 def test_auto_never_picks_int8(tiny_bart_dir: Path) -> None:
     auto = load_classifier(str(tiny_bart_dir), device="cpu")
-    assert all(type(m) is not DynamicLinear for m in auto._model.modules())
+    assert auto.info["precision"] != "int8"
