@@ -8,6 +8,7 @@ then applies the pipeline's scoring math to the gathered logits.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,8 +22,10 @@ from worker.nli.budget import default_max_batch_tokens, default_min_batch_tokens
 from worker.nli.forward import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, Forward, TorchForward
 from worker.nli.labels import LabelIds, resolve_label_ids
 from worker.nli.loading import load_model, resolve_device, resolve_dtype
-from worker.nli.onnx_int8 import INT8, load_int8
+from worker.nli.onnx_runtime import FLOAT32, INT8, load_onnx
 from worker.nli.pairs import PairEncoder, pairs_of
+
+log = logging.getLogger(__name__)
 
 
 class NLIClassifier:
@@ -195,20 +198,28 @@ def load_classifier(
     """Load model `name` (hub id or directory) and wrap it as a classifier.
 
     `device` is auto | cpu | cuda | cuda:N, `dtype` auto | float32 | bfloat16 |
-    float16, or int8 (CPU only, opt-in: see `onnx_int8`); `max_batch_tokens`
+    float16, or int8 (CPU only, opt-in); on a CPU, float32 and int8 run in ONNX
+    Runtime (see `onnx_runtime`). `max_batch_tokens`
     None picks the device's default budget. Raises `ModelError` when the model
     cannot be loaded or is not an NLI model.
     """
     torch_device = resolve_device(device)
-    if dtype.strip().lower() != INT8:
-        tokenizer, model = load_model(name, torch_device, resolve_dtype(dtype, torch_device))
-        return NLIClassifier.of_model(name, tokenizer, model, max_batch_tokens)
-    if torch_device.type != "cpu":
+    int8 = dtype.strip().lower() == INT8
+    if int8 and torch_device.type != "cpu":
         raise ModelError(
             f"dtype {INT8!r} is for the CPU only; on {torch_device} use 'bfloat16' or 'float16'"
         )
-    tokenizer, model = load_model(name, torch_device, torch.float32)
-    # The float32 weights are in the ONNX graph now; the torch model is let go.
-    return NLIClassifier(
-        name, tokenizer, model.config, load_int8(name, tokenizer, model), max_batch_tokens
-    )
+    torch_dtype = torch.float32 if int8 else resolve_dtype(dtype, torch_device)
+    tokenizer, model = load_model(name, torch_device, torch_dtype)
+    if torch_device.type != "cpu" or torch_dtype != torch.float32:
+        return NLIClassifier.of_model(name, tokenizer, model, max_batch_tokens)
+    # float32 and int8 on a CPU run in ONNX Runtime (see worker.nli.onnx_runtime).
+    try:
+        forward: Forward = load_onnx(name, tokenizer, model, INT8 if int8 else FLOAT32)
+    except ModelError as error:
+        if int8:
+            raise ModelError(f"dtype {INT8!r} is not available: {error}") from None
+        log.warning("%s; float32 runs in torch instead", error)
+        forward = TorchForward(tokenizer, model)
+    # A model in ONNX Runtime holds its own weights: the torch model is let go.
+    return NLIClassifier(name, tokenizer, model.config, forward, max_batch_tokens)

@@ -1,6 +1,7 @@
-"""The int8 opt-in: the model exported to ONNX with int8 weights, run by ONNX Runtime.
+"""float32 and int8 on the CPU: the model exported to ONNX and run by ONNX Runtime.
 
-CPU only, never the default, cached by a digest of the weights.
+float32 keeps the pipeline's scores; int8 (CPU only, opt-in, never the default)
+moves them a little. Both are cached by a digest of the weights.
 """
 
 from __future__ import annotations
@@ -15,23 +16,28 @@ import torch
 from tests.texts import fortunes
 from worker.errors import ModelError
 from worker.nli import classifier as classifier_module
-from worker.nli import onnx_int8
+from worker.nli import onnx_runtime
 from worker.nli.base import Task
 from worker.nli.classifier import NLIClassifier, load_classifier
-from worker.nli.onnx_int8 import MODEL_FILE, OnnxInt8Forward
+from worker.nli.forward import TorchForward
+from worker.nli.loading import load_model
+from worker.nli.onnx_runtime import MODEL_FILE, OnnxForward
 
 TASK = Task(("computers", "food", "love", "science"), "This example is {}.", multi_label=True)
 # int8 moves scores (on the tiny models' large random weights, by up to ~0.2);
 # these only say they are still the same model's scores.
 MIN_CORRELATION = 0.9
 MAX_MEAN_DELTA = 0.1
+# float32 in ONNX Runtime against float32 in torch: the same arithmetic, fused.
+FLOAT32_TOLERANCE = 1e-5
+FAMILIES = ["tiny_bart_dir", "tiny_deberta_dir", "tiny_mdeberta_dir"]
 
 
 @pytest.fixture(autouse=True)
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A cache of exported models of the test's own."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    return onnx_int8.cache_root()
+    return onnx_runtime.cache_root()
 
 
 def scores(classifier: NLIClassifier, texts: list[str]) -> np.ndarray:
@@ -40,20 +46,37 @@ def scores(classifier: NLIClassifier, texts: list[str]) -> np.ndarray:
     )
 
 
-@pytest.mark.parametrize("family", ["tiny_bart_dir", "tiny_deberta_dir", "tiny_mdeberta_dir"])
-def test_int8_runs_in_onnx_runtime_and_scores_like_float32(
+def in_torch(model_dir: str) -> NLIClassifier:
+    tokenizer, model = load_model(model_dir, torch.device("cpu"), torch.float32)
+    return NLIClassifier.of_model(model_dir, tokenizer, model)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_float32_runs_in_onnx_runtime_with_torchs_scores(
     family: str, request: pytest.FixtureRequest
 ) -> None:
     model_dir = str(request.getfixturevalue(family))
     # Pairs of different lengths in one batch: a graph that ignored the padding
-    # would score the short ones far from float32.
+    # would score the short ones differently.
+    texts = fortunes(6, max_chars=400)
+    float32 = load_classifier(model_dir, device="cpu", dtype="float32")
+    assert isinstance(float32._forward_pass, OnnxForward)
+    assert float32.info["precision"] == "float32"
+    np.testing.assert_allclose(
+        scores(float32, texts), scores(in_torch(model_dir), texts), atol=FLOAT32_TOLERANCE
+    )
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_int8_runs_in_onnx_runtime_and_scores_like_float32(
+    family: str, request: pytest.FixtureRequest
+) -> None:
+    model_dir = str(request.getfixturevalue(family))
     texts = fortunes(6, max_chars=400)
     int8 = load_classifier(model_dir, device="cpu", dtype="int8")
-    float32 = load_classifier(model_dir, device="cpu", dtype="float32")
-    assert isinstance(int8._forward_pass, OnnxInt8Forward)
+    assert isinstance(int8._forward_pass, OnnxForward)
     assert int8.info["precision"] == "int8"
-    assert float32.info["precision"] == "float32"
-    got, expected = scores(int8, texts), scores(float32, texts)
+    got, expected = scores(int8, texts), scores(in_torch(model_dir), texts)
     assert np.all((got >= 0) & (got <= 1))
     assert np.corrcoef(got.ravel(), expected.ravel())[0, 1] > MIN_CORRELATION
     assert np.abs(got - expected).mean() < MAX_MEAN_DELTA
@@ -62,7 +85,7 @@ def test_int8_runs_in_onnx_runtime_and_scores_like_float32(
 def test_the_export_is_cached_and_reused(
     tiny_bart_dir: Path, cache: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.INFO, logger=onnx_int8.__name__):
+    with caplog.at_level(logging.INFO, logger=onnx_runtime.__name__):
         first = load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")
         exported = list(cache.glob(f"*/{MODEL_FILE}"))
         assert len(exported) == 1
@@ -70,7 +93,7 @@ def test_the_export_is_cached_and_reused(
         second = load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")
     assert exported[0].stat().st_mtime_ns == stamp
     assert [r.message for r in caplog.records].count(
-        f"exporting {tiny_bart_dir} to ONNX with int8 weights (once per model and versions)"
+        f"exporting {tiny_bart_dir} to ONNX in int8 (once per model and versions)"
     ) == 1
     texts = fortunes(2, max_chars=200)
     np.testing.assert_array_equal(scores(first, texts), scores(second, texts))
@@ -84,21 +107,34 @@ def test_a_cache_that_cannot_be_written_exports_into_a_temporary_directory(
     # A file where the cache's directory should be: even root cannot write there.
     cache.parent.parent.mkdir(parents=True)
     cache.parent.write_text("")
-    with caplog.at_level(logging.WARNING, logger=onnx_int8.__name__):
+    with caplog.at_level(logging.WARNING, logger=onnx_runtime.__name__):
         int8 = load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")
-    assert any("cannot write the int8 model cache" in r.message for r in caplog.records)
+    assert any("cannot write the ONNX model cache" in r.message for r in caplog.records)
     assert scores(int8, fortunes(1, max_chars=200)).shape == (1, len(TASK.labels))
 
 
-def test_a_model_that_does_not_export_is_a_model_error(
+def test_int8_of_a_model_that_does_not_export_is_a_model_error(
     tiny_bart_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def fail(*_args: object) -> None:
-        raise RuntimeError("an operator ONNX has no symbol for")
-
-    monkeypatch.setattr(onnx_int8, "export_int8", fail)
-    with pytest.raises(ModelError, match=r"could not export .* to ONNX Runtime.*no symbol for"):
+    monkeypatch.setattr(onnx_runtime, "export", fail)
+    with pytest.raises(ModelError, match=r"'int8' is not available.*ONNX Runtime.*no symbol for"):
         load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")
+
+
+def test_float32_of_a_model_that_does_not_export_runs_in_torch(
+    tiny_bart_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(onnx_runtime, "export", fail)
+    with caplog.at_level(logging.WARNING):
+        float32 = load_classifier(str(tiny_bart_dir), device="cpu", dtype="float32")
+    assert isinstance(float32._forward_pass, TorchForward)
+    [warning] = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+    assert "no symbol for" in warning
+    assert "float32 runs in torch instead" in warning
+
+
+def fail(*_args: object) -> None:
+    raise RuntimeError("an operator ONNX has no symbol for")
 
 
 def test_int8_is_refused_on_a_gpu(tiny_bart_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
