@@ -59,10 +59,13 @@ else
 	  $(PY) -m worker demo --model "$(DEMO_MODEL_DIR)"; }
 endif
 
-# The side-by-side benchmark (README "Benchmarks"): the pipeline's baselines and the
-# worker through Kafka in one run, ratios printed; about 20 minutes on two cores,
-# `make bench QUICK=1` about 3. The random-weight full-size model is built once into
-# ~/.cache/zsc-worker. BENCH_OUT=DIR also saves the report (markdown and JSON) there.
+# The side-by-side benchmark (README "Benchmarks"): the pipeline's baselines, its peers
+# (ONNX Runtime, OpenVINO) and the worker through Kafka in one run, ratios printed; about
+# 20 minutes on two cores and 10 to 20 more for the peers, `make bench QUICK=1` (4 texts,
+# no peers) about 3. The peers run in venvs of their own under ~/.cache/zsc-worker/peers:
+# the first run builds them (about 6 GB each, downloaded from PyPI; 5 to 10 minutes).
+# The random-weight full-size model is built once into ~/.cache/zsc-worker.
+# BENCH_OUT=DIR also saves the report (markdown and JSON) there.
 QUICK ?=
 BENCH_OUT ?=
 bench: $(STAMP) fortunes kafka

@@ -4,13 +4,18 @@ One run measures, on the same texts, labels and model: the matmul peak of this
 CPU in float32 and bfloat16; the pipeline with its defaults (float32,
 batch_size=1), with batch_size=16, and in bfloat16 with batch_size=16; then the
 worker through Kafka (dtype auto), its latency at half its throughput, its
-peak memory, the int8 opt-in, and two worker processes. It prints one markdown
-report with every ratio and saves it (JSON too) under `--out`.
+peak memory, the int8 opt-in, and two worker processes. Between the two come
+the peers a user would pick instead of the worker, each in a venv of its own
+(bench/peers): ONNX Runtime in float32 and int8, OpenVINO in its default
+precision and with int8 weights, and the CPU's int8 matmul peak. It prints one
+markdown report with every ratio and the issue's targets, and saves it (JSON
+too) under `--out`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -22,16 +27,30 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
 from bench import baseline, e2e, workload
-from bench.environment import describe, load_average
-from bench.flops import matmul_peak, model_flops
+from bench.environment import cpu_flags, describe, has_vnni, load_average
+from bench.flops import CPU_PEAK_SHAPE, matmul_peak, model_flops
+from bench.peers.catalog import (
+    OPENVINO_DEFAULT,
+    OPENVINO_DEFAULT_BS1,
+    ORT_FLOAT32,
+    ORT_FLOAT32_BS1,
+    ORT_INT8,
+    PEER_RUNS,
+)
+from bench.peers.envs import ONNXRUNTIME, OPENVINO, PEERS_DIR
+from bench.peers.exceptions import PeerError, PeerInstallError
+from bench.peers.session import PeerSession
 from bench.report import Report, ScoreMap, Throughput, agreement
 from bench.serve import ServeSpec
+from bench.targets import Target, verdicts
 
 CPU = torch.device("cpu")
 BASELINE = "pipeline float32 bs=1"
 PIPELINE_BATCH = 16
+PIPELINE_BATCHED = f"pipeline float32 bs={PIPELINE_BATCH}"
 BF16_BASELINE = f"pipeline bfloat16 bs={PIPELINE_BATCH}"
 WORKER = "worker e2e, dtype auto"
+WORKER_INT8 = "worker e2e, dtype int8 (opt-in)"
 # bfloat16 has no hardware path on CPUs without AVX512-BF16 or AMX: the pipeline
 # then takes many minutes for the 32 texts, so it runs on a stride sample and its
 # time is scaled to the whole set by FLOPs.
@@ -46,6 +65,20 @@ MAX_WAIT_MS = 50
 # The issue's targets.
 TARGET_VS_DEFAULTS = 6.0
 TARGET_VS_BF16 = 2.0
+TARGET_VS_BATCHED_PIPELINE = 1.25
+TARGET_VS_PEER = 1.0
+TARGET_INT8_VS_ORT_INT8 = 1.2
+TARGETS = (
+    Target("worker", WORKER, (BASELINE,), TARGET_VS_DEFAULTS),
+    Target("worker", WORKER, (BF16_BASELINE,), TARGET_VS_BF16),
+    Target("worker", WORKER, (PIPELINE_BATCHED, BF16_BASELINE), TARGET_VS_BATCHED_PIPELINE),
+    Target("worker", WORKER, (ORT_FLOAT32_BS1, ORT_FLOAT32), TARGET_VS_PEER),
+    Target("worker", WORKER, (OPENVINO_DEFAULT_BS1, OPENVINO_DEFAULT), TARGET_VS_PEER),
+    Target("worker int8", WORKER_INT8, (ORT_INT8,), TARGET_INT8_VS_ORT_INT8),
+    Target("worker int8", WORKER_INT8, (BASELINE,), TARGET_VS_DEFAULTS, vnni_only=True),
+)
+# Seconds the int8 peak repeats its product, as `matmul_peak` does.
+INT8_PEAK_BUDGET_S = 3.0
 PARITY_TOLERANCE = 1e-4
 GIB = 2**30
 PEAK_DTYPES = ("float32", "bfloat16")
@@ -115,8 +148,7 @@ class CpuBench:
         timing, self.reference = baseline.run_pipeline(self.model_dir, load, texts)
         self.add(self.row(BASELINE, timing.seconds, texts, cpu_seconds=timing.cpu_seconds))
         timing, _ = baseline.run_pipeline(self.model_dir, load, texts, batch_size=PIPELINE_BATCH)
-        name = f"pipeline float32 bs={PIPELINE_BATCH}"
-        self.add(self.row(name, timing.seconds, texts, cpu_seconds=timing.cpu_seconds))
+        self.add(self.row(PIPELINE_BATCHED, timing.seconds, texts, cpu_seconds=timing.cpu_seconds))
 
         count = QUICK_BF16_SAMPLE_TEXTS if self.quick else BF16_SAMPLE_TEXTS
         sample = workload.stride_sample(texts, count)
@@ -130,6 +162,61 @@ class CpuBench:
         )
         reference = [self.reference[texts.index(text)] for text in sample]
         self.report.agreements.append(agreement("bfloat16 (pipeline)", reference, scores))
+
+    def prepare_peers(self, session: PeerSession) -> None:
+        """Build the peers' venvs (the first run downloads them) before anything is timed.
+
+        A venv that fails to build is noted by `peers`, which skips its rows.
+        """
+        for env in (ONNXRUNTIME, OPENVINO):
+            self.progress(f"peer venv {env.name}: {env.directory(session.root)}")
+            with contextlib.suppress(PeerInstallError):
+                session.python(env)
+
+    def peers(self, session: PeerSession) -> None:
+        """Each peer's pipeline on the same texts, with its scores' agreement; the int8 peak.
+
+        Every peer runs on torch's intra-op thread count, the worker's: ONNX
+        Runtime's intra-op threads and OpenVINO's INFERENCE_NUM_THREADS are set
+        to it. A peer that fails leaves a note instead of a row.
+        """
+        threads = torch.get_num_threads()
+        self.report.facts["peer threads"] = (
+            f"{threads}, torch's intra-op threads as the worker uses them; ONNX Runtime's "
+            "intra-op threads and OpenVINO's INFERENCE_NUM_THREADS are set to it"
+        )
+        texts = self.load.texts
+        for run in PEER_RUNS:
+            try:
+                session.python(run.env)
+            except PeerInstallError as error:
+                note = f"{run.env.name} peers not measured: {error}"
+                if note not in self.report.notes:
+                    self.report.notes.append(note)
+                continue
+            self.progress(f"peer: {run.name}")
+            try:
+                answer = session.pipeline(run, str(self.model_dir), self.load, threads)
+            except PeerError as error:
+                self.report.notes.append(f"{run.name}: not measured: {error}")
+                continue
+            self.add(self.row(run.name, answer.seconds, texts, answer.note, answer.cpu_seconds))
+            self.report.agreements.append(agreement(run.name, self.reference, answer.scores))
+            self.report.environment[f"peer {run.env.name}"] = ", ".join(
+                f"{name} {version}" for name, version in answer.versions.items()
+            )
+        self.progress("int8 matmul peak (ONNX Runtime MatMulInteger)")
+        try:
+            peak = session.int8_peak(CPU_PEAK_SHAPE, threads, INT8_PEAK_BUDGET_S)
+        except PeerInstallError:
+            return  # noted with its rows
+        except PeerError as error:
+            self.report.notes.append(f"int8 matmul peak: not measured: {error}")
+            return
+        self.peaks["int8"] = peak.ops_per_s
+        self.report.facts["matmul peak int8"] = (
+            f"{peak.ops_per_s / 1e9:.1f} GOP/s (ONNX Runtime {peak.note})"
+        )
 
     def end_to_end(self, broker_kind: str, bootstrap_servers: str) -> None:
         """The worker through Kafka: float32 with latency, then int8 and two processes."""
@@ -178,8 +265,7 @@ class CpuBench:
 
         self.progress("worker end to end, int8")
         int8 = e2e.measure(replace(spec, dtype="int8"), warmup, load.texts)
-        name = "worker e2e, dtype int8 (opt-in)"
-        self.add(self.row(name, int8.seconds, load.texts, cpu_seconds=int8.cpu_seconds))
+        self.add(self.row(WORKER_INT8, int8.seconds, load.texts, cpu_seconds=int8.cpu_seconds))
         self.report.agreements.append(agreement("int8 (worker)", self.reference, scores_of(int8)))
 
         self.progress("worker end to end, 2 processes")
@@ -215,17 +301,8 @@ class CpuBench:
         self.report.facts["worker peak RSS"] = f"{rss / GIB:.2f} GiB"
 
     def verdicts(self) -> None:
-        """The worker's ratios against the issue's two targets."""
-        worker = self.report.find(WORKER)
-        for name, target in ((BASELINE, TARGET_VS_DEFAULTS), (BF16_BASELINE, TARGET_VS_BF16)):
-            base = self.report.find(name)
-            if worker is None or base is None:
-                continue
-            ratio = worker.texts_per_s / base.texts_per_s
-            verdict = "met" if ratio >= target else "NOT met"
-            self.report.facts[f"worker / {name}"] = (
-                f"{ratio:.2f}x (target >= {target:g}x: {verdict})"
-            )
+        """The worker's ratios against the issue's targets, for the rows that were measured."""
+        self.report.facts |= verdicts(TARGETS, self.report.find, has_vnni(cpu_flags()))
 
 
 def describe_model(model_dir: Path, config: PretrainedConfig) -> str:
@@ -265,6 +342,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--template", default=workload.TEMPLATE, help="the hypothesis template")
     parser.add_argument("--single-label", action="store_true", help="default: multi-label")
     parser.add_argument("--out", type=Path, help="write cpu.md and cpu.json here")
+    parser.add_argument(
+        "--peers",
+        action=argparse.BooleanOptionalAction,
+        help="ONNX Runtime and OpenVINO beside the worker, each in a venv of its own under "
+        f"{PEERS_DIR} (the first run downloads about 6 GB each); default: on, off "
+        "with --quick",
+    )
     args = parser.parse_args(argv)
     model_dir = args.model or workload.ensure_model(workload.default_model_dir("full"))
     sample = workload.QUICK_TEXTS if args.quick else None
@@ -282,15 +366,26 @@ def main(argv: list[str] | None = None) -> int:
     else:
         load = workload.fortune_workload(sample=sample)
     bench = CpuBench(args.quick, model_dir, load)
-    # The broker first: its start-up (a JVM warming up) must not overlap any timing.
-    with e2e.running_broker() as broker:
-        bench.progress(f"{broker.kind} broker up; matmul peaks")
-        bench.matmul_peaks()
-        bench.progress("the pipeline")
-        bench.pipelines()
-        bench.end_to_end(broker.kind, broker.bootstrap_servers)
-        bench.progress("matmul peaks again")
-        bench.matmul_peaks()
+    with_peers = not args.quick if args.peers is None else args.peers
+    if args.peers is not None:
+        bench.report.command += " --peers" if args.peers else " --no-peers"
+    if not with_peers:
+        why = "--no-peers" if args.peers is False else "--quick; --peers adds them"
+        bench.report.notes.append(f"peers (ONNX Runtime, OpenVINO) skipped ({why})")
+    with PeerSession() as peers:
+        if with_peers:
+            bench.prepare_peers(peers)
+        # The broker next: its start-up (a JVM warming up) must not overlap any timing.
+        with e2e.running_broker() as broker:
+            bench.progress(f"{broker.kind} broker up; matmul peaks")
+            bench.matmul_peaks()
+            bench.progress("the pipeline")
+            bench.pipelines()
+            if with_peers:
+                bench.peers(peers)
+            bench.end_to_end(broker.kind, broker.bootstrap_servers)
+            bench.progress("matmul peaks again")
+            bench.matmul_peaks()
     bench.verdicts()
     bench.report.facts["load average at end"] = load_average()
     markdown = bench.report.markdown(BASELINE, bench.peaks)

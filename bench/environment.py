@@ -17,34 +17,43 @@ CPU_FEATURES = {
     "avx2": "AVX2",
     "avx512f": "AVX-512",
     "avx512_bf16": "AVX512-BF16",
+    "avx512_vnni": "AVX512-VNNI",
     "amx_bf16": "AMX",
 }
+# Flags of an int8 dot-product instruction (VNNI on AVX-512 or AVX, AMX's int8
+# tiles): where int8 matrix products run several times faster than float32's.
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def _cpuinfo_field(name: str) -> str | None:
+    """The first value of `name` in /proc/cpuinfo; None where it cannot be read."""
+    try:
+        text = CPUINFO.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    return next(
+        (line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith(name)),
+        "",
+    )
+
+
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags; empty where /proc/cpuinfo cannot be read."""
+    return set((_cpuinfo_field("flags") or "").split())
+
+
+def has_vnni(flags: set[str]) -> bool:
+    """Whether the CPU has an int8 dot-product instruction (VNNI or AMX int8)."""
+    return any(flag in flags for flag in VNNI_FLAGS)
 
 
 def cpu_description() -> str:
     """The processor's name and the matrix instruction sets it has and lacks."""
-    try:
-        text = CPUINFO.read_text(encoding="utf-8", errors="replace")
-    except OSError:
+    name = _cpuinfo_field("model name")
+    if name is None:
         return platform.processor() or "unknown CPU"
-    name = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in text.splitlines()
-            if line.startswith("model name")
-        ),
-        "unknown CPU",
-    )
-    flags = set(
-        next(
-            (
-                line.split(":", 1)[1].split()
-                for line in text.splitlines()
-                if line.startswith("flags")
-            ),
-            [],
-        )
-    )
+    name = name or "unknown CPU"
+    flags = cpu_flags()
     features = ", ".join(
         f"{label} {'yes' if flag in flags else 'no'}" for flag, label in CPU_FEATURES.items()
     )

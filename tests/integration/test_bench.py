@@ -43,6 +43,8 @@ def test_the_side_by_side_benchmark_reports_both_ratios(
         assert any(a["name"].endswith("(worker, dtype auto)") for a in report["agreements"])
     markdown = (tmp_path / "cpu.md").read_text()
     assert f"| {WORKER} |" in markdown
+    # --quick builds no peer venvs, and says so.
+    assert any("peers" in note and "skipped" in note for note in report["notes"])
 
 
 def test_the_gpu_benchmark_runs_its_code_path_on_the_cpu(
