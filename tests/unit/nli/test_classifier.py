@@ -239,6 +239,27 @@ def test_events_are_yielded_as_their_forward_pass_ends_with_the_same_scores(
     assert small.classify(events) == [found[n] for n in range(len(events))]
 
 
+def test_on_a_gpu_every_pass_is_queued_and_everything_comes_at_once(
+    bart: NLIClassifier,
+    loaded_bart: LoadedModel,
+    batch_shapes: list[tuple[int, int]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events = [bart.encode(t, TOPICS) for t in fortunes(8, max_chars=400)]
+    reference = bart.classify(events)
+    batch_shapes.clear()
+    small = NLIClassifier(bart.model_name, loaded_bart.tokenizer, loaded_bart.model, 600)
+    # The CUDA path, run on the CPU: only where tensors go differs.
+    monkeypatch.setattr(NLIClassifier, "device", property(lambda _self: torch.device("cuda")))
+    monkeypatch.setattr(small, "_to_device", torch.from_numpy)
+    parts = list(small.classify_progressively(events))
+    assert len(parts) == 1 and sorted(n for n, _ in parts[0]) == list(range(len(events)))
+    lengths = [n for event in events for n in event.pair_tokens]
+    assert len(batch_shapes) == len(plan_batches(lengths, [0] * len(lengths), 600, 512)) > 2
+    for (_, got), expected in zip(sorted(parts[0], key=lambda p: p[0]), reference, strict=True):
+        np.testing.assert_allclose(got.scores, expected.scores, atol=TOLERANCE)
+
+
 def test_a_literal_eos_in_the_text_batches_apart(
     bart: NLIClassifier, batch_shapes: list[tuple[int, int]]
 ) -> None:
