@@ -268,6 +268,8 @@ class EndToEnd:
     backlog_latencies_s: list[float] = field(default_factory=list)
     """Each timed event's latency, all of them produced at once."""
     latencies_s: list[float] = field(default_factory=list)
+    latency_texts: list[str] = field(default_factory=list)
+    """The paced events' texts, in the order of `latencies_s`."""
     latency_rate: float | None = None
     latency_window: tuple[float, float] | None = None
     stats: list[dict[str, Any]] = field(default_factory=list)
@@ -280,6 +282,15 @@ class EndToEnd:
             for f in s["forwards"]
             if window is None or window[0] <= f["ended_at"] <= window[1]
         ]
+
+    def own_forward_seconds(self, text: str, window: tuple[float, float]) -> float | None:
+        """How long the forward pass that completed the event of `text` inside `window` took."""
+        for s in self.stats:
+            for f in s["forwards"]:
+                if window[0] <= f["ended_at"] <= window[1] and text in f["texts"]:
+                    seconds: float = f["seconds"]
+                    return seconds
+        return None
 
 
 def measure(
@@ -334,6 +345,7 @@ def measure(
                     result.latencies_s = [
                         (arrived[i].timestamp_ms - stamps[i]) / MS for i, _ in paced
                     ]
+                    result.latency_texts = list(latency_texts)
                     result.latency_rate = rate
                     result.latency_window = (started, time.time())
         finally:

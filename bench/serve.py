@@ -71,7 +71,7 @@ class TimedClassifier:
         self._inner = inner
         # Appended by the inference thread only; read after the worker stopped.
         self.batches: list[dict[str, float]] = []
-        self.forwards: list[dict[str, float]] = []
+        self.forwards: list[dict[str, Any]] = []
 
     @property
     def model_name(self) -> str:
@@ -112,7 +112,15 @@ class TimedClassifier:
         for part in self._inner.classify_progressively(events):
             took = time.perf_counter() - started
             seconds += took
-            self.forwards.append({"ended_at": time.time(), "seconds": took, "events": len(part)})
+            self.forwards.append(
+                {
+                    "ended_at": time.time(),
+                    "seconds": took,
+                    "events": len(part),
+                    # Which events it completed, for the latency of each.
+                    "texts": [events[n].text for n, _ in part],
+                }
+            )
             yield part
             started = time.perf_counter()
         self.batches.append(
