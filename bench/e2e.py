@@ -265,19 +265,32 @@ class EndToEnd:
     append_time: bool
     # CPU time the worker processes spent on the timed events (the broker's not counted).
     cpu_seconds: float
+    backlog_latencies_s: list[float] = field(default_factory=list)
+    """Each timed event's latency, all of them produced at once."""
     latencies_s: list[float] = field(default_factory=list)
+    latency_texts: list[str] = field(default_factory=list)
+    """The paced events' texts, in the order of `latencies_s`."""
     latency_rate: float | None = None
     latency_window: tuple[float, float] | None = None
     stats: list[dict[str, Any]] = field(default_factory=list)
 
-    def batch_seconds(self, window: tuple[float, float] | None) -> list[float]:
-        """Durations of the model calls that ended inside `window` (wall-clock seconds)."""
+    def forward_seconds(self, window: tuple[float, float] | None) -> list[float]:
+        """Durations of the forward passes that ended inside `window` (wall-clock seconds)."""
         return [
-            b["seconds"]
+            f["seconds"]
             for s in self.stats
-            for b in s["batches"]
-            if window is None or window[0] <= b["ended_at"] <= window[1]
+            for f in s["forwards"]
+            if window is None or window[0] <= f["ended_at"] <= window[1]
         ]
+
+    def own_forward_seconds(self, text: str, window: tuple[float, float]) -> float | None:
+        """How long the forward pass that completed the event of `text` inside `window` took."""
+        for s in self.stats:
+            for f in s["forwards"]:
+                if window[0] <= f["ended_at"] <= window[1] and text in f["texts"]:
+                    seconds: float = f["seconds"]
+                    return seconds
+        return None
 
 
 def measure(
@@ -319,6 +332,9 @@ def measure(
                     outputs=outputs,
                     append_time=all(o.append_time for o in outputs.values()),
                     cpu_seconds=cpu_after - cpu_before,
+                    backlog_latencies_s=[
+                        (outputs[i].timestamp_ms - produced[i]) / MS for i, _ in timed
+                    ],
                 )
                 if latency_texts and latency_load:
                     rate = latency_load * result.events / result.seconds
@@ -329,6 +345,7 @@ def measure(
                     result.latencies_s = [
                         (arrived[i].timestamp_ms - stamps[i]) / MS for i, _ in paced
                     ]
+                    result.latency_texts = list(latency_texts)
                     result.latency_rate = rate
                     result.latency_window = (started, time.time())
         finally:

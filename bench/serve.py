@@ -2,7 +2,8 @@
 
 It differs from `zsc-worker run` only where the benchmark needs it to: the
 classifier is built here, so that the dtype (int8 too, which the settings do not
-offer) and torch's thread count can be chosen, and every model call is timed.
+offer) and torch's thread count can be chosen, and every model call and every
+forward pass in it is timed.
 The process writes its partition assignment to a status file as it changes, and
 on SIGTERM stops as the real worker does, then writes what it measured as JSON.
 
@@ -18,7 +19,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,12 +65,13 @@ class ServeSpec:
 
 
 class TimedClassifier:
-    """Passes every call to the real classifier and records how long each batch took."""
+    """Passes every call to the real classifier and times each batch and each forward pass."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
         # Appended by the inference thread only; read after the worker stopped.
         self.batches: list[dict[str, float]] = []
+        self.forwards: list[dict[str, Any]] = []
 
     @property
     def model_name(self) -> str:
@@ -93,18 +95,42 @@ class TimedClassifier:
         return self._inner.encode(text, task)
 
     def classify(self, events: Sequence[Any]) -> Any:
-        """Score the batch and record its wall-clock end, duration, events and pairs."""
+        """Score the batch, timed as `classify_progressively` times it."""
+        found: dict[int, Any] = {}
+        for part in self.classify_progressively(events):
+            found.update(part)
+        return [found[n] for n in range(len(events))]
+
+    def classify_progressively(self, events: Sequence[Any]) -> Iterator[Any]:
+        """Score the batch as the wrapped classifier does, recording for each forward pass
+        (each item yielded) and for the whole batch its wall-clock end, duration and events.
+
+        The time the caller holds an item is not counted: only the classifier's.
+        """
+        seconds = 0.0
         started = time.perf_counter()
-        scores = self._inner.classify(events)
+        for part in self._inner.classify_progressively(events):
+            took = time.perf_counter() - started
+            seconds += took
+            self.forwards.append(
+                {
+                    "ended_at": time.time(),
+                    "seconds": took,
+                    "events": len(part),
+                    # Which events it completed, for the latency of each.
+                    "texts": [events[n].text for n, _ in part],
+                }
+            )
+            yield part
+            started = time.perf_counter()
         self.batches.append(
             {
                 "ended_at": time.time(),
-                "seconds": time.perf_counter() - started,
+                "seconds": seconds,
                 "events": len(events),
                 "pairs": sum(event.pair_count for event in events),
             }
         )
-        return scores
 
 
 def _write_json(path: Path, data: object) -> None:
@@ -174,6 +200,7 @@ def serve(spec: ServeSpec) -> None:
             Path(spec.stats_path),
             {
                 "batches": classifier.batches,
+                "forwards": classifier.forwards,
                 "peak_rss_bytes": usage.ru_maxrss * KIB,
                 "cpu_seconds": usage.ru_utime + usage.ru_stime,
                 "wall_seconds": time.time() - started,

@@ -1,8 +1,10 @@
 """The worker loop: poll, intake, batch, infer, publish, checkpoint.
 
 Each stage has its own owner: `Intake` turns records into events,
-`MicroBatcher` groups them, `InferenceRunner` scores them on its own thread,
-`Outputs` turns results into records, `Delivery` produces them and makes
+`MicroBatcher` groups them, `InferenceRunner` scores them on its own thread
+and gives them back as they are scored, `Release` says which may be published
+(at once, or in offset order under exactly-once), `Outputs` turns results
+into records, `Delivery` produces them and makes
 offsets durable under the configured guarantee, `FlowControl` pauses and
 resumes reading, `Rebalance` follows the assignment and rewinds, and
 `Connectivity` reads client errors. The loop only calls them in order.
@@ -39,6 +41,7 @@ from worker.nli.base import Classifier
 from worker.offsets import OffsetTracker, Partition
 from worker.outputs import Outputs
 from worker.rebalance import Rebalance
+from worker.release import Release
 from worker.routing import Router
 
 log = logging.getLogger(__name__)
@@ -121,6 +124,7 @@ class Worker:
             intake=Intake(router, self.classifier, tracker, metrics, clock),
             batcher=batcher,
             runner=InferenceRunner(self.classifier, encoded, clock),
+            release=Release(in_offset_order=exactly_once),
             outputs=Outputs(delivery, self.classifier),
             delivery=delivery,
             flow=flow,
@@ -144,6 +148,7 @@ class Loop:
     intake: Intake
     batcher: MicroBatcher[InFlightEvent]
     runner: InferenceRunner[InFlightEvent]
+    release: Release
     outputs: Outputs
     delivery: Delivery
     flow: FlowControl
@@ -221,20 +226,29 @@ class Loop:
         self.metrics.batch_size.observe(len(batch.items))
         self.metrics.batch_tokens.observe(batch.tokens)
         log.debug("batch of %d events, %d padded tokens", len(batch.items), batch.tokens)
+        self.release.submitted(batch.items)
         self.runner.submit(batch.items)
 
-    def publish(self, batches: list[Completed[InFlightEvent]]) -> None:
-        """Produce the records whose delivery failed again, then what each scored event became."""
+    def publish(self, parts: list[Completed[InFlightEvent]]) -> None:
+        """Produce the records whose delivery failed again, then what each scored event became.
+
+        A batch comes back part by part; each event is published as soon as
+        its part is back (and, under exactly-once, every earlier event of its
+        partition). The batch's time on the model is recorded once, with its
+        last part.
+        """
         self.outputs.send_again(self.delivery.take_redo())
-        for completed in batches:
-            self.metrics.inference_seconds.observe(completed.seconds)
-            if completed.failed:
-                self.metrics.inference_failures.inc()
+        for completed in parts:
+            if completed.last:
+                self.metrics.inference_seconds.observe(completed.seconds)
+                if completed.failed:
+                    self.metrics.inference_failures.inc()
             for event, outcome in zip(completed.items, completed.outcomes, strict=True):
                 self.metrics.queue_wait_seconds.observe(max(0.0, completed.started - event.read_at))
-                # Revoked (or rewound) while on the model: its partition's owner redoes it.
-                if self.tracker.is_current(event.tp, event.epoch):
-                    self.outputs.publish(event, outcome)
+                for ready, result in self.release.completed(event, outcome):
+                    # Revoked (or rewound) while on the model: its partition's owner redoes it.
+                    if self.tracker.is_current(ready.tp, ready.epoch):
+                        self.outputs.publish(ready, result)
 
     def failure(self) -> ZscError | None:
         """Why the worker must stop, if it must."""

@@ -1,4 +1,9 @@
-"""The inference thread: batches in, per-event scores (or the error) out, off the polling thread."""
+"""The inference thread: batches in, per-event scores (or the error) out, off the polling thread.
+
+A batch comes back in parts, as the classifier scores it: each part holds the
+events one forward pass of the model completed, so an event can be published
+before the rest of its batch is done.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,11 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from worker.errors import InferenceError
 from worker.nli.base import Classifier, EncodedEvent, Scores
 
 log = logging.getLogger(__name__)
@@ -21,23 +27,39 @@ Outcome = Scores | Exception | None
 
 @dataclass(slots=True)
 class Completed(Generic[T]):
-    """A batch's items with one outcome each, when the model started on it and for how long."""
+    """Items of a submitted batch with one outcome each: a part of the batch, or all of it.
+
+    Every item of a batch comes back in exactly one part; `last` marks the
+    batch's final part, whose `seconds` is then the batch's whole time on the
+    model and `failed` whether the model failed on it.
+    """
 
     items: list[T]
     outcomes: list[Outcome]
     started: float
-    """On the runner's clock."""
+    """When the model started on the batch, on the runner's clock."""
     seconds: float
+    """From `started` to this part."""
+    last: bool
     failed: bool
+
+
+@dataclass(slots=True)
+class _Part:
+    """Positions in the batch and their outcomes; `failed` once the model failed on the batch."""
+
+    positions: list[int]
+    outcomes: list[Outcome]
+    failed: bool = False
 
 
 class InferenceRunner(Generic[T]):
     """Runs the classifier on its own thread; torch releases the GIL while it computes.
 
-    Items for which `encoded` gives None ride along unscored, keeping their
-    place in the order results come back. A batch the model fails on is retried
-    one event at a time, so a single bad event gets its own error and every
-    other event of the batch its scores.
+    Items for which `encoded` gives None have nothing to score: they come back
+    at once, in a part of their own. A batch the model fails on is retried one
+    event at a time (those it had not completed yet), so a single bad event
+    gets its own error and every other event of the batch its scores.
     """
 
     def __init__(
@@ -67,12 +89,12 @@ class InferenceRunner(Generic[T]):
 
     @property
     def batches_in_flight(self) -> int:
-        """Batches submitted whose results have not been collected yet."""
+        """Batches submitted whose last part has not been collected yet."""
         with self._lock:
             return self._batches_in_flight
 
     def completed(self, timeout: float = 0.0) -> list[Completed[T]]:
-        """The batches finished so far, waiting up to `timeout` for the first one."""
+        """The parts finished so far, in order, waiting up to `timeout` for the first one."""
         done: list[Completed[T]] = []
         try:
             done.append(
@@ -83,7 +105,7 @@ class InferenceRunner(Generic[T]):
         except queue.Empty:
             pass
         with self._lock:
-            self._batches_in_flight -= len(done)
+            self._batches_in_flight -= sum(part.last for part in done)
         return done
 
     def stop(self, timeout: float) -> None:
@@ -94,23 +116,53 @@ class InferenceRunner(Generic[T]):
     def _serve(self) -> None:
         while (items := self._inbox.get()) is not None:
             started = self._clock()
-            outcomes, failed = self._score(items)
-            self._outbox.put(Completed(items, outcomes, started, self._clock() - started, failed))
+            if not items:
+                self._outbox.put(Completed([], [], started, 0.0, last=True, failed=False))
+                continue
+            left = len(items)
+            for part in self._score(items):
+                left -= len(part.positions)
+                self._outbox.put(
+                    Completed(
+                        [items[p] for p in part.positions],
+                        part.outcomes,
+                        started,
+                        self._clock() - started,
+                        last=left == 0,
+                        failed=part.failed,
+                    )
+                )
 
-    def _score(self, items: Sequence[T]) -> tuple[list[Outcome], bool]:
+    def _score(self, items: Sequence[T]) -> Iterator[_Part]:
+        """The batch's outcomes, part by part, as the classifier completes them."""
         encoded = [self._encoded(item) for item in items]
+        if unscored := [p for p, event in enumerate(encoded) if event is None]:
+            yield _Part(unscored, [None] * len(unscored))
+        scorable = [p for p, event in enumerate(encoded) if event is not None]
         events = [event for event in encoded if event is not None]
         if not events:
-            return [None] * len(items), False
+            return
+        pending = dict.fromkeys(range(len(events)))
         try:
-            scores: list[Outcome] = list(self._classifier.classify(events))
-            failed = False
+            for scored in self._classifier.classify_progressively(events):
+                found = [(n, scores) for n, scores in scored if n in pending]
+                for n, _ in found:
+                    del pending[n]
+                if found:
+                    yield _Part([scorable[n] for n, _ in found], [s for _, s in found])
+            if pending:
+                raise InferenceError(f"the classifier left {len(pending)} events unscored")
         except Exception as exc:
-            log.exception("inference failed on a batch of %d events", len(events))
-            scores = [exc] if len(events) == 1 else [self._score_one(e) for e in events]
-            failed = True
-        found = iter(scores)
-        return [None if event is None else next(found) for event in encoded], failed
+            if not pending:
+                log.exception("the classifier failed after it had scored every event")
+                return
+            log.exception("inference failed on a batch of %d events", len(pending))
+            # Alone, the event is the culprit; else each is tried alone.
+            if len(pending) == 1:
+                yield _Part([scorable[n] for n in pending], [exc], failed=True)
+                return
+            for n in pending:
+                yield _Part([scorable[n]], [self._score_one(events[n])], failed=True)
 
     def _score_one(self, event: EncodedEvent) -> Scores | Exception:
         try:

@@ -192,6 +192,10 @@ class StubProducer:
     transactional: bool = False
     transaction: list[tuple[str, bytes | None]] = field(default_factory=list)
     offsets: list[TopicPartition] = field(default_factory=list)
+    commits: list[tuple[list[tuple[str, bytes | None]], dict[Partition, int]]] = field(
+        default_factory=list
+    )
+    """Each committed transaction's records, and the consumer's committed offsets after it."""
     aborts: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -256,6 +260,7 @@ class StubProducer:
             self.sent.extend(self.transaction)
             for tp in self.offsets:
                 self.consumer.committed[(tp.topic, tp.partition)] = tp.offset
+            self.commits.append((self.transaction, dict(self.consumer.committed)))
             self.transaction, self.offsets = [], []
 
     def abort_transaction(self, timeout: float = -1) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -18,6 +18,7 @@ from config.settings import Settings
 from tests.integration.harness import make_settings
 from tests.unit.kafka_stubs import Partition, StubConsumer, StubMessage, StubProducer
 from worker.app import Worker
+from worker.nli.base import Classifier, EncodedEvent, Scores
 from worker.nli.fake import FakeClassifier
 
 TOPIC = "posts"
@@ -27,7 +28,11 @@ SETTLE_TIMEOUT_S = 20.0
 
 
 def events(count: int) -> list[bytes]:
-    return [orjson.dumps({"id": i, "text": f"event number {i}"}) for i in range(count)]
+    """Texts of varied length: scored shortest first, a batch comes back out of offset order."""
+    return [
+        orjson.dumps({"id": i, "text": f"event number {i}" + " more" * (i * 7 % 5)})
+        for i in range(count)
+    ]
 
 
 def settings(**batching: Any) -> Settings:
@@ -44,13 +49,18 @@ def settings(**batching: Any) -> Settings:
 class Loop:
     """A Worker running on a thread against a StubConsumer and a StubProducer."""
 
-    def __init__(self, worker_settings: Settings, logs: dict[Partition, list[bytes]]) -> None:
+    def __init__(
+        self,
+        worker_settings: Settings,
+        logs: dict[Partition, list[bytes]],
+        classifier: Classifier | None = None,
+    ) -> None:
         self.logs = logs
         self.producer = StubProducer()
         self.consumer: StubConsumer | None = None
         self.worker = Worker(
             worker_settings,
-            FakeClassifier(delay_s=0.01),
+            classifier or FakeClassifier(delay_s=0.04, forward_events=1),
             consumer_factory=self._consumer,
             producer_factory=lambda _settings, _on_error: self.producer,  # type: ignore[arg-type,return-value]
         )
@@ -100,8 +110,12 @@ class Loop:
 
 
 @contextmanager
-def loop(worker_settings: Settings, logs: dict[Partition, list[bytes]]) -> Iterator[Loop]:
-    running = Loop(worker_settings, logs)
+def loop(
+    worker_settings: Settings,
+    logs: dict[Partition, list[bytes]],
+    classifier: Classifier | None = None,
+) -> Iterator[Loop]:
+    running = Loop(worker_settings, logs, classifier)
     running.thread.start()
     assert running.ready.wait(SETTLE_TIMEOUT_S)
     try:
@@ -158,6 +172,75 @@ def test_shutdown_commits_what_was_delivered_and_closes() -> None:
         running.wait_until(running.all_committed, "everything committed")
     assert running.stub.closed
     assert sorted(running.outputs_of(P0)) == list(range(30)), "each once, in a clean run"
+
+
+class Gated(FakeClassifier):
+    """Scores one event per forward pass; passes after a batch's first `free` wait for `gate`."""
+
+    def __init__(self, free: int = 1) -> None:
+        super().__init__(forward_events=1)
+        self.free = free
+        self.gate = threading.Event()
+        self.passes = 0
+
+    def classify_progressively(
+        self, events: Sequence[EncodedEvent]
+    ) -> Iterator[list[tuple[int, Scores]]]:
+        for n, part in enumerate(super().classify_progressively(events)):
+            if n >= self.free:
+                assert self.gate.wait(SETTLE_TIMEOUT_S), "the test never opened the gate"
+            self.passes += 1
+            yield part
+
+
+def one_long_then_short(count: int) -> list[bytes]:
+    """Offset 0 the longest text: the classifier, shortest first, scores it last."""
+    texts = ["a much longer event than all of the others", *(f"short {i}" for i in range(1, count))]
+    return [orjson.dumps({"id": i, "text": text}) for i, text in enumerate(texts)]
+
+
+def inference_batches(running: Loop) -> float | None:
+    return running.worker.metrics.registry.get_sample_value("zsc_inference_seconds_count")
+
+
+def test_an_event_is_published_before_the_last_forward_pass_of_its_batch() -> None:
+    gated = Gated()
+    logs = {P0: one_long_then_short(4)}
+    with loop(settings(max_events=4, max_wait_ms=10_000), logs, gated) as running:
+        stub = running.stub
+        stub.rebalance("assign", [P0])
+        running.wait_until(lambda: running.outputs_of(P0) == [1], "the first pass's event")
+        time.sleep(0.05)  # the loop's passes go on: nothing more is published, nor committed
+        assert running.outputs_of(P0) == [1]
+        assert stub.committed.get(P0, 0) == 0, "never past offset 0, not published yet"
+        assert inference_batches(running) == 0, "the batch's time counts once it is all back"
+        gated.gate.set()
+        running.wait_until(running.all_committed, "everything committed")
+        assert sorted(running.outputs_of(P0)) == [0, 1, 2, 3]
+        assert inference_batches(running) == 1
+    assert gated.batch_sizes == [4], "one batch"
+
+
+def test_exactly_once_publishes_a_partition_in_offset_order_whatever_order_it_is_scored() -> None:
+    gated = Gated(free=2)
+    logs = {P0: one_long_then_short(4), P1: [orjson.dumps({"text": "shortest"})]}
+    worker_settings = settings(max_events=5, max_wait_ms=10_000).model_copy(
+        update={"processing_guarantee": "exactly-once"}
+    )
+    with loop(worker_settings, logs, gated) as running:
+        running.producer.consumer = running.stub
+        stub = running.stub
+        stub.rebalance("assign", [P0, P1])
+        # One batch: P0's offsets 0-3 (the first the longest), then P1's, the shortest:
+        # the first forward pass scores P1's, the second P0's offset 1.
+        running.wait_until(lambda: running.outputs_of(P1) == [0], "P1 waits for nothing")
+        running.wait_until(lambda: gated.passes == 2, "P0's offset 1 scored")
+        time.sleep(0.05)
+        assert running.outputs_of(P0) == []
+        assert not running.producer.transaction, "P0's offset 1 waits for its offset 0"
+        gated.gate.set()
+        running.wait_until(running.all_committed, "everything committed")
+        assert running.outputs_of(P0) == [0, 1, 2, 3], "in offset order"
 
 
 PARTITIONS = [(TOPIC, p) for p in range(3)]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from worker.errors import InferenceError
 from worker.nli.labels import LabelIds
 from worker.nli.scoring import zero_shot_scores
 
@@ -144,3 +145,26 @@ class Classifier(Protocol):
     def classify(self, events: Sequence[EncodedEvent]) -> list[Scores]:
         """Score every event against its task; one `Scores` per event, in order."""
         ...
+
+    def classify_progressively(
+        self, events: Sequence[EncodedEvent]
+    ) -> Iterator[list[tuple[int, Scores]]]:
+        """Score every event against its task, yielding events as soon as they are scored.
+
+        Each item holds the (index in `events`, scores) of the events scored
+        since the previous one (one item per forward pass of the model, which
+        may complete none); every index comes exactly once.
+        """
+        ...
+
+
+def in_order(parts: Iterable[list[tuple[int, Scores]]], count: int) -> list[Scores]:
+    """What `classify_progressively` yielded for `count` events, gathered in event order."""
+    found: list[Scores | None] = [None] * count
+    for part in parts:
+        for n, scores in part:
+            found[n] = scores
+    missing = [n for n, scores in enumerate(found) if scores is None]
+    if missing:
+        raise InferenceError(f"the classifier left {len(missing)} of {count} events unscored")
+    return [scores for scores in found if scores is not None]

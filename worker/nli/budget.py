@@ -2,7 +2,9 @@
 
 As text-embeddings-inference does: pairs sorted by length, a batch padded to
 its longest pair, closed before its padded size passes the budget or before
-padding would waste more than MAX_PADDING of it.
+padding would waste more than MAX_PADDING of it. `plan_batches` sorts the
+pairs alone; `plan_event_batches` keeps each event's pairs together, so that
+an event is done after one forward pass and can be released early.
 """
 
 from __future__ import annotations
@@ -75,4 +77,70 @@ def plan_batches(
         else:
             batches.append([i])
             width = real = lengths[i]
+    return batches
+
+
+def plan_event_batches(
+    lengths: Sequence[int],
+    keys: Sequence[int],
+    events: Sequence[int],
+    max_batch_tokens: int,
+    min_batch_tokens: int | None = None,
+) -> list[list[int]]:
+    """Cut pairs into forward batches as `plan_batches` does, an event's pairs kept together.
+
+    `events[i]` says which event pair i belongs to. Events are taken longest
+    first (by their longest pair; within an event, its pairs longest first),
+    so the pairs are still nearly sorted by length. A batch closes before an
+    event that would not fit in it whole, or, once it holds `min_batch_tokens`
+    real tokens (None: never), before one whose longest pair is more than
+    MAX_PADDING shorter than the batch's width; that event opens the next
+    batch. An event too large for any batch is cut pair by pair under the
+    same rules. The batches come back shortest first: run in that order, the
+    most events are done soonest. Returns the pairs' indices, batch by batch.
+    """
+    units: dict[tuple[int, int], list[int]] = {}
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        units.setdefault((keys[i], events[i]), []).append(i)
+    # Pairs of one event with different keys (a literal <eos> in a hypothesis)
+    # form units of their own: they cannot share a batch anyway.
+    order = sorted(units, key=lambda unit: (unit[0], -lengths[units[unit][0]], unit[1]))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    width = real = 0
+
+    def joins(key: int, longest: int, count: int) -> bool:
+        """Whether `count` pairs of `key`, the longest `longest`, join the open batch."""
+        wasteful = (
+            min_batch_tokens is not None
+            and real >= min_batch_tokens
+            and longest < width * (1 - MAX_PADDING)
+        )
+        return (
+            bool(current)
+            and keys[current[0]] == key
+            and max(width, longest) * (len(current) + count) <= max_batch_tokens
+            and not wasteful
+        )
+
+    for key, event in order:
+        pairs = units[(key, event)]
+        longest = lengths[pairs[0]]
+        if joins(key, longest, len(pairs)):
+            current.extend(pairs)
+            width, real = max(width, longest), real + sum(lengths[i] for i in pairs)
+        elif longest * len(pairs) <= max_batch_tokens:
+            current = list(pairs)
+            batches.append(current)
+            width, real = longest, sum(lengths[i] for i in pairs)
+        else:
+            for i in pairs:
+                if joins(key, lengths[i], 1):
+                    current.append(i)
+                    width, real = max(width, lengths[i]), real + lengths[i]
+                else:
+                    current = [i]
+                    batches.append(current)
+                    width = real = lengths[i]
+    batches.reverse()
     return batches

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
-from worker.nli.base import Classifier, EncodedEvent, Scores, Task
+from worker.nli.base import Classifier, EncodedEvent, Scores, Task, in_order
 from worker.nli.labels import LabelIds
 
 CacheKey = tuple[str, Task]
@@ -60,8 +60,14 @@ class CachingClassifier:
 
     def classify(self, events: Sequence[EncodedEvent]) -> list[Scores]:
         """Cached scores where fresh, the model's for the rest (then cached)."""
+        return in_order(self.classify_progressively(events), len(events))
+
+    def classify_progressively(
+        self, events: Sequence[EncodedEvent]
+    ) -> Iterator[list[tuple[int, Scores]]]:
+        """Cached scores at once, then the model's for the rest as it yields them (then cached)."""
         now = self._clock()
-        found: dict[int, Scores] = {}
+        found: list[tuple[int, Scores]] = []
         misses: list[int] = []
         for i, event in enumerate(events):
             entry = self._entries.get((event.text, event.task))
@@ -70,16 +76,17 @@ class CachingClassifier:
             if hit:
                 assert entry is not None
                 self._entries.move_to_end((event.text, event.task))
-                found[i] = entry[1]
+                found.append((i, entry[1]))
             else:
                 misses.append(i)
-        if misses:
-            for i, scores in zip(
-                misses, self._inner.classify([events[i] for i in misses]), strict=True
-            ):
-                found[i] = scores
-                self._store((events[i].text, events[i].task), now, scores)
-        return [found[i] for i in range(len(events))]
+        if found:
+            yield found
+        if not misses:
+            return
+        for part in self._inner.classify_progressively([events[i] for i in misses]):
+            for m, scores in part:
+                self._store((events[misses[m]].text, events[misses[m]].task), now, scores)
+            yield [(misses[m], scores) for m, scores in part]
 
     def _store(self, key: CacheKey, now: float, scores: Scores) -> None:
         self._entries[key] = (now, scores)

@@ -1,15 +1,16 @@
 """The NLI zero-shot classifier: premise/hypothesis pairs through a transformers model.
 
 `encode` turns an event into its premise/hypothesis pairs (worker.nli.pairs).
-`classify` scores identical events once, sorts all pairs by length and cuts
-them into forward batches under a padded token budget (worker.nli.budget),
-then applies the pipeline's scoring math to the gathered logits.
+`classify_progressively` scores identical events once, cuts the pairs, sorted
+by length, into forward batches under a padded token budget
+(worker.nli.budget), and applies the pipeline's scoring math to each event's
+logits as soon as they are all there; `classify` waits for every event.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -17,13 +18,18 @@ import torch
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from worker.errors import ConfigError, InferenceError, ModelError
-from worker.nli.base import EncodedEvent, Scores, Task
-from worker.nli.budget import default_max_batch_tokens, default_min_batch_tokens, plan_batches
+from worker.nli.base import EncodedEvent, Scores, Task, in_order
+from worker.nli.budget import (
+    default_max_batch_tokens,
+    default_min_batch_tokens,
+    plan_batches,
+    plan_event_batches,
+)
 from worker.nli.forward import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, Forward, TorchForward
 from worker.nli.labels import LabelIds, resolve_label_ids
 from worker.nli.loading import load_model, resolve_device, resolve_dtype
 from worker.nli.onnx_runtime import FLOAT32, INT8, load_onnx
-from worker.nli.pairs import PairEncoder, pairs_of
+from worker.nli.pairs import PairEncoder, Pairs, pairs_of
 
 log = logging.getLogger(__name__)
 
@@ -117,44 +123,92 @@ class NLIClassifier:
 
     def classify(self, events: Sequence[EncodedEvent]) -> list[Scores]:
         """Score every event against its task; one `Scores` per event, in order."""
+        return in_order(self.classify_progressively(events), len(events))
+
+    def classify_progressively(
+        self, events: Sequence[EncodedEvent]
+    ) -> Iterator[list[tuple[int, Scores]]]:
+        """Score every event against its task, yielding events as their last pair is scored.
+
+        Each item holds the (index in `events`, scores) of the events the
+        latest forward pass completed, possibly none; every index comes
+        exactly once. Identical (text, task) events are scored once and come
+        together.
+
+        On the CPU one forward pass runs at a time, each event's pairs planned
+        into one pass where they fit (`plan_event_batches`, shortest events
+        first), and an event is yielded as soon as its pass is done: the rest
+        of the micro-batch does not hold it back. On a GPU every pass is
+        queued before any result is read, pairs sorted alone (`plan_batches`),
+        and everything is yielded once: the host pads the next pass while the
+        device runs this one and waits for the device once, not once per
+        pass. Reading each pass back would stall the device between passes
+        (seen as a fraction of the throughput), and one micro-batch takes
+        milliseconds there, so there is little to release early.
+        """
         # Identical (text, task) events are scored once and share the result.
         unique: dict[tuple[str, Task], EncodedEvent] = {}
-        for event in events:
-            unique.setdefault((event.text, event.task), event)
-        position = {key: u for u, key in enumerate(unique)}
+        copies: dict[tuple[str, Task], list[int]] = {}
+        for n, event in enumerate(events):
+            key = (event.text, event.task)
+            unique.setdefault(key, event)
+            copies.setdefault(key, []).append(n)
         distinct = list(unique.values())
+        indices = list(copies.values())
 
         pairs = [pairs_of(event) for event in distinct]
         rows = [(u, label) for u, event in enumerate(distinct) for label in range(event.pair_count)]
         logits = [np.empty((e.pair_count, self._num_labels), dtype=np.float32) for e in distinct]
-        batches = plan_batches(
-            [len(pairs[u].input_ids[label]) for u, label in rows],
-            [pairs[u].batch_keys[label] for u, label in rows],
-            self._max_batch_tokens,
-            self._min_batch_tokens,
-        )
+
+        def scored(done: Sequence[int]) -> list[tuple[int, Scores]]:
+            found = []
+            for u in done:
+                scores = distinct[u].task.score(logits[u], self._label_ids)
+                found += [(n, scores) for n in indices[u]]
+            return found
+
+        lengths = [len(pairs[u].input_ids[label]) for u, label in rows]
+        keys = [pairs[u].batch_keys[label] for u, label in rows]
+        if self.device.type == "cuda":
+            batches = plan_batches(lengths, keys, self._max_batch_tokens, self._min_batch_tokens)
+        else:
+            owners = [u for u, _ in rows]
+            batches = plan_event_batches(
+                lengths, keys, owners, self._max_batch_tokens, self._min_batch_tokens
+            )
         batch_rows = [[rows[i] for i in batch] for batch in batches]
-        with torch.inference_mode():
-            # Every batch is queued before any result is read: on a GPU the host
-            # pads the next batch while the device runs this one, and the call
-            # waits for the device once, not once per batch.
-            queued = [
-                self._forward(
-                    [pairs[u].input_ids[label] for u, label in these],
-                    [pairs[u].token_type_ids[label] for u, label in these],
-                )
-                for these in batch_rows
-            ]
-            gathered = self._gather(queued, len(rows))
-        in_batch_order = (row for these in batch_rows for row in these)
-        for (u, label), row_logits in zip(in_batch_order, gathered, strict=True):
-            logits[u][label] = row_logits
 
-        scores = [e.task.score(lg, self._label_ids) for lg, e in zip(logits, distinct, strict=True)]
-        return [scores[position[(e.text, e.task)]] for e in events]
+        if self.device.type == "cuda":
+            with torch.inference_mode():
+                queued = [self._forward(pairs, these) for these in batch_rows]
+                gathered = self._gather(queued, len(rows))
+            in_batch_order = (row for these in batch_rows for row in these)
+            for (u, label), row_logits in zip(in_batch_order, gathered, strict=True):
+                logits[u][label] = row_logits
+            yield scored(range(len(distinct)))
+            return
 
-    def _forward(self, input_ids: list[list[int]], token_type_ids: list[list[int]]) -> torch.Tensor:
-        """Queue one batch of pairs, padded to its longest; its logits stay on the device."""
+        unscored = [event.pair_count for event in distinct]
+        if nothing_to_score := [u for u, count in enumerate(unscored) if count == 0]:
+            yield scored(nothing_to_score)
+        for these in batch_rows:
+            with torch.inference_mode():
+                batch_logits = self._gather([self._forward(pairs, these)], len(these))
+            done = []
+            for (u, label), row_logits in zip(these, batch_logits, strict=True):
+                logits[u][label] = row_logits
+                unscored[u] -= 1
+                if unscored[u] == 0:
+                    done.append(u)
+            yield scored(done)
+
+    def _forward(self, pairs: Sequence[Pairs], rows: Sequence[tuple[int, int]]) -> torch.Tensor:
+        """Queue one batch of pairs, padded to its longest; its logits stay on the device.
+
+        `rows` are (event, label) pairs: the label-th pair of `pairs[event]`.
+        """
+        input_ids = [pairs[u].input_ids[label] for u, label in rows]
+        token_type_ids = [pairs[u].token_type_ids[label] for u, label in rows]
         width = max(len(ids) for ids in input_ids)
         # Right padding whatever the tokenizer's padding side: absolute position
         # embeddings (BART) number tokens from the left, padding or not.

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from worker.errors import InferenceError
-from worker.nli.base import EncodedEvent, Scores, Task
+from worker.nli.base import EncodedEvent, Scores, Task, in_order
 from worker.nli.labels import LabelIds
 
 # The class order of valhalla/distilbart-mnli-12-3: contradiction, neutral, entailment.
@@ -36,16 +36,27 @@ class FakeClassifier:
     math, so they are deterministic, in [0, 1], and sum to 1 when single-label.
     `pair_tokens` counts whitespace-separated words plus a pair's special tokens.
     `delay_s` makes every `classify` call take that long (a slow accelerator);
-    `fail_on` makes `classify` raise `InferenceError` when an event's text
-    contains it. `batch_sizes` records how many events each call received.
+    `forward_events` cuts a call into forward passes of that many events
+    (None: one pass), shortest events first as the real one orders them,
+    each taking its share of `delay_s`. `fail_on` makes the pass holding an
+    event whose text contains it raise `InferenceError`. `batch_sizes` records
+    how many events each call received.
     """
 
     def __init__(
-        self, model_name: str = "fake-nli", *, delay_s: float = 0.0, fail_on: str | None = None
+        self,
+        model_name: str = "fake-nli",
+        *,
+        delay_s: float = 0.0,
+        fail_on: str | None = None,
+        forward_events: int | None = None,
     ) -> None:
+        if forward_events is not None and forward_events < 1:
+            raise ValueError("forward_events must be positive")
         self._model_name = model_name
         self.delay_s = delay_s
         self.fail_on = fail_on
+        self.forward_events = forward_events
         self.batch_sizes: list[int] = []
 
     @property
@@ -71,15 +82,26 @@ class FakeClassifier:
 
     def classify(self, events: Sequence[EncodedEvent]) -> list[Scores]:
         """Score every event from the hash of its pairs; one `Scores` per event, in order."""
+        return in_order(self.classify_progressively(events), len(events))
+
+    def classify_progressively(
+        self, events: Sequence[EncodedEvent]
+    ) -> Iterator[list[tuple[int, Scores]]]:
+        """Score the events pass by pass (see `forward_events`), yielding each pass's events."""
         self.batch_sizes.append(len(events))
-        if self.delay_s > 0:
-            time.sleep(self.delay_s)
-        if self.fail_on is not None and any(self.fail_on in e.text for e in events):
-            raise InferenceError(f"fake inference failure: an event contains {self.fail_on!r}")
-        results = []
-        for event in events:
-            logits = np.array(
-                [_fake_logits(event.text, h) for h in event.task.hypotheses()], dtype=np.float32
-            )
-            results.append(event.task.score(logits, FAKE_LABEL_IDS))
-        return results
+        order = sorted(range(len(events)), key=lambda n: (events[n].max_pair_tokens, n))
+        size = self.forward_events or max(1, len(events))
+        passes = [order[k : k + size] for k in range(0, len(order), size)] or [[]]
+        for forward in passes:
+            if self.delay_s > 0:
+                time.sleep(self.delay_s / len(passes))
+            if self.fail_on is not None and any(self.fail_on in events[n].text for n in forward):
+                raise InferenceError(f"fake inference failure: an event contains {self.fail_on!r}")
+            yield [(n, _fake_scores(events[n])) for n in forward]
+
+
+def _fake_scores(event: EncodedEvent) -> Scores:
+    logits = np.array(
+        [_fake_logits(event.text, h) for h in event.task.hypotheses()], dtype=np.float32
+    )
+    return event.task.score(logits, FAKE_LABEL_IDS)

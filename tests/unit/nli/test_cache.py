@@ -52,3 +52,14 @@ def test_the_least_recently_used_entry_is_evicted() -> None:
     assert len(fake.batch_sizes) == calls
     cache.classify([cache.encode("b", TASK)])
     assert len(fake.batch_sizes) == calls + 1
+
+
+def test_hits_come_first_then_the_models_scores_as_it_yields_them() -> None:
+    fake = FakeClassifier(forward_events=1)
+    cache = CachingClassifier(fake, max_entries=10, ttl_s=60, clock=Clock())
+    first = cache.classify([cache.encode("hello", TASK)])
+    events = [cache.encode(text, TASK) for text in ("one two three", "hello", "four")]
+    parts = [[n for n, _ in part] for part in cache.classify_progressively(events)]
+    assert parts == [[1], [2], [0]]
+    assert cache.classify(events)[1] == first[0]
+    assert fake.batch_sizes == [1, 2], "the second call was all hits"

@@ -16,8 +16,8 @@ from tests.conftest import TinyModelFactory
 from tests.models import CONTRADICTION_NEUTRAL_ENTAILMENT, NOT_NLI, TINY_DEBERTA
 from tests.texts import fortunes
 from worker.errors import ConfigError, InferenceError, ModelError
-from worker.nli.base import Task
-from worker.nli.budget import CPU_MAX_BATCH_TOKENS, plan_batches
+from worker.nli.base import Scores, Task
+from worker.nli.budget import CPU_MAX_BATCH_TOKENS, plan_batches, plan_event_batches
 from worker.nli.classifier import NLIClassifier, load_classifier
 from worker.nli.fake import FakeClassifier
 from worker.nli.loading import LoadedModel, load_model
@@ -119,6 +119,50 @@ def test_pairs_are_grouped_by_length() -> None:
     assert plan_batches(lengths, [0] * 6, max_batch_tokens=300) == [[1, 3, 5], [4, 2, 0]]
 
 
+@given(
+    lengths=st.lists(st.integers(1, 300), min_size=1, max_size=60),
+    budget=st.integers(1, 4000),
+    min_tokens=st.none() | st.integers(1, 1000),
+    data=st.data(),
+)
+def test_event_batches_cover_every_pair_once_and_keep_events_that_fit_whole(
+    lengths: list[int], budget: int, min_tokens: int | None, data: st.DataObject
+) -> None:
+    size = len(lengths)
+    keys = data.draw(st.lists(st.integers(0, 2), min_size=size, max_size=size))
+    events = data.draw(st.lists(st.integers(0, 5), min_size=size, max_size=size))
+    batches = plan_event_batches(lengths, keys, events, budget, min_tokens)
+    assert sorted(i for batch in batches for i in batch) == list(range(size))
+    for batch in batches:
+        assert len({keys[i] for i in batch}) == 1
+        assert max(lengths[i] for i in batch) * len(batch) <= budget or len(batch) == 1
+    for unit in {(keys[i], events[i]) for i in range(size)}:
+        pairs = [i for i in range(size) if (keys[i], events[i]) == unit]
+        if max(lengths[i] for i in pairs) * len(pairs) <= budget:
+            assert sum(any(i in batch for i in pairs) for batch in batches) == 1, unit
+
+
+def test_event_batches_keep_events_whole_and_run_the_shortest_first() -> None:
+    lengths = [5, 100, 6, 99, 7, 98]
+    events = [0, 1, 0, 1, 2, 2]
+    batches = plan_event_batches(lengths, [0] * 6, events, max_batch_tokens=300)
+    assert batches == [[2, 0], [5, 4], [1, 3]]
+
+
+def test_event_batches_pad_about_as_little_as_sorted_pairs(bart: NLIClassifier) -> None:
+    encoded = [bart.encode(t, TOPICS) for t in fortunes(32)]
+    lengths = [n for event in encoded for n in event.pair_tokens]
+    events = [e for e, event in enumerate(encoded) for _ in event.pair_tokens]
+
+    def padded(batches: list[list[int]]) -> int:
+        return sum(max(lengths[i] for i in batch) * len(batch) for batch in batches)
+
+    for budget in (1024, 4096):
+        pairs = plan_batches(lengths, [0] * len(lengths), budget, 512)
+        whole = plan_event_batches(lengths, [0] * len(lengths), events, budget, 512)
+        assert padded(whole) <= 1.03 * padded(pairs), budget
+
+
 # encode / classify
 
 
@@ -170,6 +214,52 @@ def test_scores_do_not_depend_on_the_token_budget(
     assert all(rows * width <= budget or rows == 1 for rows, width in batch_shapes)
     if budget == 1:
         assert len(batch_shapes) == sum(e.pair_count for e in events)
+
+
+def test_events_are_yielded_as_their_forward_pass_ends_with_the_same_scores(
+    bart: NLIClassifier, loaded_bart: LoadedModel, batch_shapes: list[tuple[int, int]]
+) -> None:
+    texts = fortunes(8, max_chars=400)
+    events = [bart.encode(t, TOPICS) for t in texts]
+    events.insert(3, bart.encode(texts[5], TOPICS))  # a duplicate comes with its original
+    reference = bart.classify(events)
+    batch_shapes.clear()
+    small = NLIClassifier(bart.model_name, loaded_bart.tokenizer, loaded_bart.model, 600)
+    passes_before: list[int] = []
+    found: dict[int, Scores] = {}
+    for part in small.classify_progressively(events):
+        passes_before.append(len(batch_shapes))
+        for n, scores in part:
+            assert n not in found, "every event once"
+            found[n] = scores
+        assert (3 in found) == (6 in found), "a duplicate and its original together"
+    assert sorted(found) == list(range(len(events)))
+    assert passes_before == list(range(1, len(batch_shapes) + 1)), "one item per pass"
+    assert len(batch_shapes) > 2
+    for n, expected in enumerate(reference):
+        np.testing.assert_allclose(found[n].scores, expected.scores, atol=TOLERANCE)
+    assert small.classify(events) == [found[n] for n in range(len(events))]
+
+
+def test_on_a_gpu_every_pass_is_queued_and_everything_comes_at_once(
+    bart: NLIClassifier,
+    loaded_bart: LoadedModel,
+    batch_shapes: list[tuple[int, int]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events = [bart.encode(t, TOPICS) for t in fortunes(8, max_chars=400)]
+    reference = bart.classify(events)
+    batch_shapes.clear()
+    small = NLIClassifier(bart.model_name, loaded_bart.tokenizer, loaded_bart.model, 600)
+    # The CUDA path, run on the CPU: only where tensors go differs.
+    monkeypatch.setattr(NLIClassifier, "device", property(lambda _self: torch.device("cuda")))
+    monkeypatch.setattr(small, "_to_device", torch.from_numpy)
+    parts = list(small.classify_progressively(events))
+    assert len(parts) == 1 and sorted(n for n, _ in parts[0]) == list(range(len(events)))
+    lengths = [n for event in events for n in event.pair_tokens]
+    assert len(batch_shapes) == len(plan_batches(lengths, [0] * len(lengths), 600, 512)) > 2
+    for (_, got), expected in zip(sorted(parts[0], key=lambda p: p[0]), reference, strict=True):
+        np.testing.assert_allclose(got.scores, expected.scores, atol=TOLERANCE)
 
 
 def test_a_literal_eos_in_the_text_batches_apart(

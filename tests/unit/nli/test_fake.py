@@ -53,6 +53,25 @@ def test_delay_slows_every_call_and_batches_are_recorded() -> None:
     assert fake.batch_sizes == [2]
 
 
+def test_forward_passes_yield_the_shortest_events_first_each_index_once() -> None:
+    fake = FakeClassifier(forward_events=2)
+    texts = ["a long text of seven words here", "short", "a medium text", "tiny"]
+    events = [fake.encode(text, TOPICS) for text in texts]
+    parts = list(fake.classify_progressively(events))
+    assert [[n for n, _ in part] for part in parts] == [[1, 3], [2, 0]]
+    everything = dict(pair for part in parts for pair in part)
+    assert [everything[n] for n in range(4)] == fake.classify(events)
+
+
+def test_a_failing_pass_raises_after_the_passes_before_it() -> None:
+    fake = FakeClassifier(forward_events=1, fail_on="boom")
+    events = [fake.encode("it goes boom now", TOPICS), fake.encode("fine", TOPICS)]
+    passes = fake.classify_progressively(events)
+    assert [n for n, _ in next(passes)] == [1]
+    with pytest.raises(InferenceError, match="boom"):
+        next(passes)
+
+
 def test_the_interface_and_the_fake_import_no_torch() -> None:
     code = (
         "import sys, worker.nli, worker.nli.base, worker.nli.fake, worker.nli.labels, "
