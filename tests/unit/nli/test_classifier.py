@@ -224,7 +224,7 @@ def test_events_are_yielded_as_their_forward_pass_ends_with_the_same_scores(
     events.insert(3, bart.encode(texts[5], TOPICS))  # a duplicate comes with its original
     reference = bart.classify(events)
     batch_shapes.clear()
-    small = NLIClassifier(bart.model_name, loaded_bart.tokenizer, loaded_bart.model, 600)
+    small = NLIClassifier.of_model(bart.model_name, loaded_bart.tokenizer, loaded_bart.model, 600)
     passes_before: list[int] = []
     found: dict[int, Scores] = {}
     for part in small.classify_progressively(events):
@@ -250,10 +250,10 @@ def test_on_a_gpu_every_pass_is_queued_and_everything_comes_at_once(
     events = [bart.encode(t, TOPICS) for t in fortunes(8, max_chars=400)]
     reference = bart.classify(events)
     batch_shapes.clear()
-    small = NLIClassifier(bart.model_name, loaded_bart.tokenizer, loaded_bart.model, 600)
-    # The CUDA path, run on the CPU: only where tensors go differs.
+    small = NLIClassifier.of_model(bart.model_name, loaded_bart.tokenizer, loaded_bart.model, 600)
+    # The CUDA path, run on the CPU: the classifier plans for a GPU, the forward
+    # (on its own device) keeps the tensors where they are.
     monkeypatch.setattr(NLIClassifier, "device", property(lambda _self: torch.device("cuda")))
-    monkeypatch.setattr(small, "_to_device", torch.from_numpy)
     parts = list(small.classify_progressively(events))
     assert len(parts) == 1 and sorted(n for n, _ in parts[0]) == list(range(len(events)))
     lengths = [n for event in events for n in event.pair_tokens]
