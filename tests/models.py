@@ -112,6 +112,8 @@ CHINESE = (
     "学习一门新的语言需要耐心和时间。",
     "医生建议他多喝水，早点休息。",  # noqa: RUF001
 )
+
+
 def _labels(id2label: Mapping[int, str]) -> dict[str, Any]:
     return {
         "id2label": dict(id2label),
