@@ -142,9 +142,9 @@ class NLIClassifier:
         queued before any result is read, pairs sorted alone (`plan_batches`),
         and everything is yielded once: the host pads the next pass while the
         device runs this one and waits for the device once, not once per
-        pass. Reading each pass back would stall the device between passes
-        (seen as a fraction of the throughput), and one micro-batch takes
-        milliseconds there, so there is little to release early.
+        pass. Reading each pass back would leave the device idle while the
+        host waits for it and pads the next one, and a micro-batch takes
+        milliseconds there, so there is little to gain by releasing early.
         """
         # Identical (text, task) events are scored once and share the result.
         unique: dict[tuple[str, Task], EncodedEvent] = {}
