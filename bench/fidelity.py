@@ -39,13 +39,20 @@ def top_margin(scores: Sequence[ScoreMap]) -> float:
 
 def flip_margins(reference: Sequence[ScoreMap], other: Sequence[ScoreMap]) -> list[float]:
     """The reference's margin (top label over the second) on each text whose top label
-    `other` changes: how close a call each flip was."""
-    margins = []
-    for ref, oth in zip(reference, other, strict=True):
-        ranked = sorted(ref.values(), reverse=True)
-        if max(ref, key=ref.__getitem__) != max(oth, key=oth.__getitem__):
-            margins.append(ranked[0] - ranked[1])
-    return margins
+    `other` changes: how close a call each flip was.
+
+    Top labels are taken as `agreement` takes them, so the two count the same
+    flips: bfloat16 logits can tie exactly, and a tie goes to the label first in
+    sorted order.
+    """
+    labels = sorted(reference[0]) if reference else []
+    ref = np.array([[r[label] for label in labels] for r in reference])
+    oth = np.array([[o[label] for label in labels] for o in other])
+    if ref.shape != oth.shape:
+        raise ValueError("flips need the same texts and labels on both sides")
+    flipped = ref.argmax(axis=1) != oth.argmax(axis=1)
+    ranked = np.sort(ref[flipped], axis=1)
+    return (ranked[:, -1] - ranked[:, -2]).tolist() if flipped.any() else []
 
 
 @dataclass(slots=True)
@@ -126,6 +133,7 @@ def measure(
             flips = flip_margins(ref, low[mode])
             if flips:
                 measured.facts[f"{row}: top label changed"] = (
-                    f"on {len(flips)} texts, whose float32 margin was at most {max(flips):.3f}"
+                    f"on {len(flips)} of {len(ref)} texts, whose float32 margin was at most "
+                    f"{max(flips):.3f}"
                 )
     return measured

@@ -45,6 +45,7 @@ from transformers import (
 
 from bench import entailment, fidelity
 from bench.workload import CACHE_DIR, COMPLETE_FILE
+from worker.demo_model import TINY_DEBERTA
 
 # More than the fortunes package holds: every text of a length the recipe takes.
 ALL_FORTUNES = 100_000
@@ -171,8 +172,6 @@ def untrained(recipe: Recipe) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]
         return tokenizer, BartForSequenceClassification(bart)
     if recipe.family == "deberta":
         tokenizer = deberta_tokenizer(model_max_length=recipe.max_length)
-        from worker.demo_model import TINY_DEBERTA
-
         deberta = DebertaV2Config(
             vocab_size=len(tokenizer),
             type_vocab_size=0,
