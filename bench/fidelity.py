@@ -132,7 +132,7 @@ def measure(
             measured.agreements.append(agreement(row, ref, low[mode]))
             flips = flip_margins(ref, low[mode])
             if flips:
-                measured.facts[f"{row}: top label changed"] = (
+                measured.facts[f"{precision}, {mode}: top label changed"] = (
                     f"on {len(flips)} of {len(ref)} texts, whose float32 margin was at most "
                     f"{max(flips):.3f}"
                 )
