@@ -5,15 +5,16 @@ scores that are not near-uniform.
 random weights every label scores about the same and a tiny change flips the
 top label. The proxy is a BART sequence-classification model (encoder-decoder,
 eos pooling: distilbart-mnli's family, far smaller) or a DeBERTa-v2 one,
-trained from scratch (no pretrained weights can be fetched) for a few minutes
-on bench.entailment's task, built from the fortunes. Its scores are confident
-and spread, as a trained model's are. It is built once and cached under
-~/.cache/zsc-worker, keyed by a digest of its recipe.
+trained from scratch (benchmarks cannot count on reaching the hub) for a few
+minutes on bench.entailment's task, built from the fortunes. Its scores are
+confident and spread, as a trained model's are. It is built once and cached
+under ~/.cache/zsc-worker, keyed by a digest of its recipe.
 
-    python -m bench.proxy --out DIR [--family bart|deberta]
+    python -m bench.proxy --out DIR [--family bart|deberta] [--control]
 
 builds it if needed, then measures bfloat16 and int8 against float32 through
-the worker's own classifier (bench.fidelity) and writes proxy.md and proxy.json.
+the worker's own classifier (bench.fidelity) and writes proxy.md and
+proxy.json; `--control` measures the same model untrained too (untrained.md).
 """
 
 from __future__ import annotations
@@ -328,6 +329,18 @@ def measure(recipe: Recipe, say: Callable[[str], None] = print) -> fidelity.Fide
     return measured
 
 
+def measure_untrained(recipe: Recipe) -> fidelity.Fidelity:
+    """The control: the same measurement on the recipe's model before any training."""
+    _, held_out = texts(recipe)
+    tokenizer, model = untrained(recipe)
+    name = f"untrained {recipe.family} proxy"
+    with tempfile.TemporaryDirectory(prefix="proxy-untrained-") as scratch:
+        tokenizer.save_pretrained(scratch)
+        model.save_pretrained(scratch)
+        labels = tuple(entailment.LEXICONS)
+        return fidelity.measure(Path(scratch), name, held_out, labels, entailment.TEMPLATE)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Build the proxy (once), measure its fidelity, print the table and save it."""
     parser = argparse.ArgumentParser(prog="python -m bench.proxy", description=__doc__)
@@ -338,6 +351,11 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="torch threads (default: torch's); on a machine busy with other work, "
         "fewer threads than cores can be much faster",
+    )
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="also measure the same model untrained: near-uniform scores, as random weights give",
     )
     args = parser.parse_args(argv)
     if args.threads:
@@ -350,6 +368,12 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown)
     if args.out:
         measured.save(args.out, "proxy", markdown, training_log(proxy_dir(recipe)))
+    if args.control:
+        control = measure_untrained(recipe)
+        markdown = control.markdown(command)
+        print(markdown)
+        if args.out:
+            control.save(args.out, "untrained", markdown, {"recipe": asdict(recipe)})
     return 0
 
 
