@@ -319,6 +319,27 @@ class CpuBench:
         rss = max(s["peak_rss_bytes"] for s in run.stats)
         self.report.facts["worker peak RSS"] = f"{rss / GIB:.2f} GiB"
 
+    def trained_proxy(self) -> None:
+        """bfloat16 and int8 against float32 on a small model trained to give spread scores.
+
+        Random weights score every label about the same, so their agreement
+        above is pessimistic; bench.proxy trains a BART NLI model on the fortunes
+        (minutes, once) and measures on its held-out texts. Under --quick only
+        where it is built already.
+        """
+        from bench import proxy
+
+        recipe = proxy.RECIPES["bart"]
+        if self.quick and not proxy.is_built(recipe):
+            self.report.notes.append(
+                "trained proxy's fidelity skipped (--quick): `python -m bench.proxy` builds it"
+            )
+            return
+        self.progress("the trained proxy: bfloat16 and int8 against float32")
+        measured = proxy.measure(recipe, self.progress)
+        self.report.agreements += measured.agreements
+        self.report.facts |= {f"{measured.model}: {k}": v for k, v in measured.facts.items()}
+
     def verdicts(self) -> None:
         """The worker's ratios against the issue's targets, for the rows that were measured."""
         self.report.facts |= verdicts(TARGETS, self.report.find, has_vnni(cpu_flags()))
@@ -405,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.end_to_end(broker.kind, broker.bootstrap_servers)
             bench.progress("matmul peaks again")
             bench.matmul_peaks()
+    bench.trained_proxy()
     bench.verdicts()
     bench.report.facts["load average at end"] = load_average()
     markdown = bench.report.markdown(BASELINE, bench.peaks)

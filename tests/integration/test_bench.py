@@ -14,6 +14,7 @@ from pathlib import Path
 import orjson
 
 from bench.__main__ import BASELINE, BF16_BASELINE, PARITY_TOLERANCE, WORKER
+from bench.proxy import RECIPES, is_built
 
 TIMEOUT_S = 600
 REPO = Path(__file__).resolve().parents[2]
@@ -41,6 +42,13 @@ def test_the_side_by_side_benchmark_reports_both_ratios(
     if facts["dtype auto on this CPU"] != "float32":
         # Where auto takes bfloat16 (AMX or AVX512-BF16) its drift is reported too.
         assert any(a["name"].endswith("(worker, dtype auto)") for a in report["agreements"])
+    # The trained proxy's fidelity: measured where it is built, else a note says how.
+    proxy_rows = [a for a in report["agreements"] if "trained bart proxy" in a["name"]]
+    if is_built(RECIPES["bart"]):
+        assert len(proxy_rows) == 4
+        assert all(a["events"] == RECIPES["bart"].held_out for a in proxy_rows)
+    else:
+        assert any("python -m bench.proxy" in note for note in report["notes"])
     markdown = (tmp_path / "cpu.md").read_text()
     assert f"| {WORKER} |" in markdown
     # --quick builds no peer venvs, and says so.
