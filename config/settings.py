@@ -17,7 +17,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from config.errors import ConfigError
 from config.kafka import KafkaSettings, check_guarantee_kept
 from config.model import ConfigModel
-from config.topics import TopicSettings, topic_loops
+from config.topics import TopicSettings, topic_loops, written_topics
 
 DEFAULT_MODEL = "valhalla/distilbart-mnli-12-3"
 
@@ -36,6 +36,7 @@ ENV_KEYS: dict[str, tuple[str, ...]] = {
     "ZSC_LOG_LEVEL": ("log_level",),
     "ZSC_LOG_FORMAT": ("log_format",),
     "ZSC_SHUTDOWN_TIMEOUT_S": ("shutdown_timeout_s",),
+    "ZSC_CONTROL_TOPIC": ("control_topic",),
 }
 
 # librdkafka properties from the environment: `ZSC_KAFKA_SASL_PASSWORD` sets
@@ -131,6 +132,10 @@ class Settings(ConfigModel):
     shutdown_timeout_s: float = Field(
         30.0, gt=0, description="Longest wait for the in-flight batch and deliveries at shutdown."
     )
+    control_topic: str = Field(
+        "",
+        description="Compacted topic of live topic entries (`zsc-worker topics`); empty: off.",
+    )
     topics: list[TopicSettings] = Field(min_length=1)
 
     def for_device(self, device_type: str) -> Settings:
@@ -147,6 +152,12 @@ class Settings(ConfigModel):
             raise ValueError("each input topic may appear once")
         if loops := topic_loops(self.topics):
             raise ValueError("; ".join(loops))
+        if self.control_topic and (
+            self.control_topic in inputs or self.control_topic in written_topics(self.topics)
+        ):
+            raise ValueError(
+                f"control_topic {self.control_topic!r} is also an input or output topic"
+            )
         return self
 
     @model_validator(mode="after")
@@ -187,11 +198,15 @@ def load_settings(
 def describe_validation_error(exc: ValidationError, source: str | Path | None) -> str:
     """One line per problem: the dotted key and pydantic's reason."""
     where = f" in {source}" if source else ""
-    lines = [f"invalid configuration{where}:"]
-    for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        lines.append(f"  {key}: {error['msg']}")
-    return "\n".join(lines)
+    return "\n".join([f"invalid configuration{where}:", *(f"  {p}" for p in problems(exc))])
+
+
+def problems(exc: ValidationError) -> list[str]:
+    """Each problem pydantic found, as "dotted.key: reason"."""
+    return [
+        f"{'.'.join(str(part) for part in error['loc']) or '(top level)'}: {error['msg']}"
+        for error in exc.errors()
+    ]
 
 
 def _read_yaml(path: str | Path) -> Layer:

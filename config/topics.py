@@ -181,6 +181,13 @@ def topic_loops(topics: list[TopicSettings]) -> list[str]:
     return loops
 
 
+def written_topics(topics: list[TopicSettings]) -> set[str]:
+    """Every topic the worker writes to: outputs, routes and dead-letter topics."""
+    return {
+        name for topic in topics for name in (topic.output, topic.dead_letter, *topic.extra_outputs)
+    }
+
+
 def check_template(template: str) -> str:
     """Refuse a hypothesis template that has no `{}` for the label, as the pipeline does."""
     if "{}" not in template:

@@ -44,6 +44,10 @@ class Classification(BaseModel):
     )
     multi_label: bool
     model: str
+    config_version: str = Field(
+        description='The topic entry that scored it: "file", or the control record\'s'
+        ' "partition:offset".'
+    )
     hypothesis_template: str
     source: Source
 

@@ -82,7 +82,7 @@ class Activity:
         if not any(getattr(c, f.name) for f in fields(c)):
             return
         lags = _values(self._metrics.consumer_lag)
-        figures = {
+        figures: dict[str, object] = {
             "interval_s": round(elapsed, 1),
             "consumed": c.consumed,
             "classified": c.classified,
@@ -95,11 +95,23 @@ class Activity:
             "lag": int(sum(lags)) if lags else None,
             "paused_partitions": int(sum(_values(self._metrics.paused_partitions))),
         }
+        versions = config_versions(self._metrics)
+        figures["config_versions"] = versions
         log.info(
             "in %(interval_s)ss: %(consumed)d read, %(classified)d classified (%(events_per_s)s/s),"
             " %(dead_lettered)d dead-lettered; %(batches)d batches of %(mean_batch_events)s events"
             " and %(mean_batch_tokens)s padded tokens on average, model busy %(model_busy)s;"
-            " lag %(lag)s, %(paused_partitions)d partitions paused",
-            figures,
+            " lag %(lag)s, %(paused_partitions)d partitions paused; configuration %(versions)s",
+            {**figures, "versions": ", ".join(f"{t} {v}" for t, v in versions.items()) or "-"},
             extra=figures,
         )
+
+
+def config_versions(metrics: Metrics) -> dict[str, str]:
+    """The configuration version each input topic is served with (zsc_config_info)."""
+    return {
+        sample.labels["topic"]: sample.labels["version"]
+        for family in metrics.config_info.collect()
+        for sample in family.samples
+        if sample.value
+    }

@@ -24,6 +24,7 @@ from config.settings import Settings
 from worker.activity import Activity
 from worker.batching import Batch, MicroBatcher
 from worker.connectivity import Connectivity
+from worker.control import ControlReader, ControlTopic, topic_exists
 from worker.delivery import AtLeastOnce, Delivery, ExactlyOnce
 from worker.errors import ZscError
 from worker.flow import READ_MAX_RECORDS, FlowControl
@@ -33,9 +34,11 @@ from worker.intake import Intake, batch_cost, encoded
 from worker.kafka.clients import (
     ErrorCallback,
     make_consumer_unsubscribed,
+    make_control_consumer,
     make_producer,
     subscribe,
 )
+from worker.live_topics import LiveTopics
 from worker.metrics import Health, Metrics
 from worker.nli.base import Classifier
 from worker.offsets import OffsetTracker, Partition
@@ -97,6 +100,9 @@ class Worker:
         connectivity = Connectivity(
             health, router.input_topics[0], clock, producer_recovers=exactly_once
         )
+        for route in router.routes:
+            metrics.config_in_force(route.input, route.version)
+        control = self._control_topic(router, connectivity) if settings.control_topic else None
         consumer = self._make_consumer(settings, connectivity.on_consumer_error)
         tracker = OffsetTracker()
 
@@ -115,7 +121,7 @@ class Worker:
             batching.max_events, batching.max_tokens, batching.max_wait_ms / 1000, clock
         )
         flow = FlowControl(consumer, tracker, metrics, batching.max_events, clock)
-        rebalance = Rebalance(consumer, tracker, delivery, flow, batcher, metrics, health)
+        rebalance = Rebalance(consumer, tracker, delivery, flow, batcher, metrics, health, control)
         subscribe(consumer, router.input_topics, rebalance)
         return Loop(
             settings=settings,
@@ -130,12 +136,27 @@ class Worker:
             flow=flow,
             rebalance=rebalance,
             connectivity=connectivity,
+            control=control,
             activity=Activity(metrics, clock),
             metrics=metrics,
             health=health,
             clock=clock,
             input_topics=router.input_topics,
         )
+
+    def _control_topic(self, router: Router, connectivity: Connectivity) -> ControlTopic:
+        """The control topic's reader, with every record up to its end applied."""
+        settings = self.settings
+        consumer = make_control_consumer(settings, connectivity.on_consumer_error)
+        live = LiveTopics(settings.topics, settings.control_topic, topic_exists(consumer))
+        reader = ControlReader(settings.control_topic, consumer, self._clock)
+        control = ControlTopic(reader, live, router, self.metrics)
+        try:
+            control.start()
+        except BaseException:
+            control.close()
+            raise
+        return control
 
 
 @dataclass(slots=True)
@@ -154,6 +175,7 @@ class Loop:
     flow: FlowControl
     rebalance: Rebalance
     connectivity: Connectivity
+    control: ControlTopic | None
     activity: Activity
     metrics: Metrics
     health: Health
@@ -175,8 +197,10 @@ class Loop:
             raise failure
 
     def step(self) -> None:
-        """One pass: poll, intake, batch, infer, publish, checkpoint, flow control."""
+        """One pass: poll, control records, intake, batch, infer, publish, checkpoint, flow."""
         self.delivery.poll()
+        if self.control is not None:
+            self.control.poll()
         self.read(self.flow.room())
         # After the records the rebalance callback came with, which the rewind discards.
         if self.rebalance.rewind_due:
@@ -290,4 +314,6 @@ class Loop:
         finally:
             self.runner.stop(timeout=max(0.0, deadline - self.clock()))
             self.consumer.close()
+            if self.control is not None:
+                self.control.close()
             log.info("worker stopped")

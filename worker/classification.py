@@ -30,6 +30,7 @@ def classification_of(
         "predicted": _predicted(route, labels, ranked, task.multi_label, route.threshold),
         "multi_label": task.multi_label,
         "model": model,
+        "config_version": route.version,
         "hypothesis_template": template if isinstance(template, str) else list(template),
         "source": {"topic": topic, "partition": partition, "offset": offset},
     }

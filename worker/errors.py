@@ -25,6 +25,10 @@ class InferenceError(ZscError):
     """Scoring a batch failed on the model."""
 
 
+class ControlRecordError(ZscError):
+    """A control-topic record that cannot change a topic's entry; the message says why."""
+
+
 class BrokerError(ZscError):
     """An embedded or test broker could not be provisioned or started."""
 

@@ -112,6 +112,22 @@ class Metrics:
         self.inference_failures = Counter(
             "zsc_inference_failures_total", "Batches the model failed on.", registry=r
         )
+        self.config_info = Gauge(
+            "zsc_config_info",
+            "1 for the configuration version each input topic is served with now.",
+            ["topic", "version"],
+            registry=r,
+        )
+        self.control_records = Counter(
+            "zsc_control_records_total",
+            "Control-topic records applied to the topic entries in force.",
+            registry=r,
+        )
+        self.control_records_rejected = Counter(
+            "zsc_control_records_rejected_total",
+            "Control-topic records that changed nothing: invalid, or for no input topic here.",
+            registry=r,
+        )
         self.cache_lookups = Counter(
             "zsc_result_cache_lookups_total",
             "Result cache lookups, by outcome (hit or miss).",
@@ -123,6 +139,12 @@ class Metrics:
         """Time from an input record's timestamp to its output's acknowledgement, if it has one."""
         if timestamp_ms > 0:
             self.end_to_end_seconds.observe(max(0.0, time.time() - timestamp_ms / 1000))
+
+    def config_in_force(self, topic: str, version: str, replaced: str | None = None) -> None:
+        """`topic` is served with configuration `version` now, no longer with `replaced`."""
+        if replaced is not None and replaced != version:
+            self.config_info.remove(topic, replaced)
+        self.config_info.labels(topic, version).set(1)
 
     def observe_cache_lookup(self, hit: bool) -> None:
         """Count one result cache lookup."""

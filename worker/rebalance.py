@@ -1,7 +1,10 @@
 """Rebalance: partitions assigned, revoked and lost; where each restarts; the rewind.
 
 The consumer calls `on_assign`, `on_revoke` and `on_lost` from inside its poll,
-before the first record that follows the change. A revocation makes what is
+before the first record that follows the change. An assignment first reads
+the control topic (when there is one) to its end, so that a partition taken
+over is served with at least the configuration its last owner served it with.
+A revocation makes what is
 done of its partitions durable first (the delivery commits). Work the delivery
 loses on the way (an aborted transaction) makes a rewind due: every partition
 is read again from where this worker made it durable last, or where it first
@@ -15,6 +18,7 @@ import logging
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from worker.batching import MicroBatcher
+from worker.control import ControlTopic
 from worker.delivery import Delivery
 from worker.flow import FlowControl
 from worker.inflight import InFlightEvent
@@ -37,8 +41,10 @@ class Rebalance:
         batcher: MicroBatcher[InFlightEvent],
         metrics: Metrics,
         health: Health,
+        control: ControlTopic | None = None,
     ) -> None:
         self._consumer = consumer
+        self._control = control
         self._tracker = tracker
         self._delivery = delivery
         self._flow = flow
@@ -60,6 +66,8 @@ class Rebalance:
     def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions are ours: track them afresh, from their committed offset when given."""
         self._metrics.rebalances.labels("assign").inc()
+        if self._control is not None and partitions:
+            self._control.catch_up()
         for tp in partitions:
             self._tracker.assign((tp.topic, tp.partition), tp.offset if tp.offset >= 0 else None)
             self._first_read.pop((tp.topic, tp.partition), None)

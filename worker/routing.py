@@ -10,6 +10,9 @@ from config.settings import Settings
 from config.topics import LabelEntry, LabelSpec, TopicSettings, label_names_of
 from worker.nli.base import LabelGroup, Task
 
+FILE_VERSION = "file"
+"""The configuration version of a topic entry as the configuration file has it."""
+
 
 @dataclass(frozen=True, slots=True)
 class Rule:
@@ -29,7 +32,10 @@ class Rule:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """One input topic's destinations and classification task, fixed at start-up."""
+    """One input topic's destinations and classification task, in one configuration version.
+
+    An event keeps the route it was read with, whatever replaces it meanwhile.
+    """
 
     input: str
     output: str
@@ -44,10 +50,12 @@ class Route:
     group_thresholds: tuple[float, ...] = ()
     include_logits: bool = False
     rules: tuple[Rule, ...] = ()
+    version: str = FILE_VERSION
+    """`file`, or the control record (`partition:offset`) this entry came from."""
 
     @classmethod
-    def from_settings(cls, topic: TopicSettings) -> Route:
-        """Build the route of one topic entry of the configuration."""
+    def from_settings(cls, topic: TopicSettings, version: str = FILE_VERSION) -> Route:
+        """Build the route of one topic entry, in the configuration version given."""
         template = topic.hypothesis_template
         groups = topic.label_groups.items()
         entries = [*topic.labels, *(e for _, g in groups for e in g.labels)]
@@ -77,6 +85,7 @@ class Route:
             rules=tuple(
                 Rule(r.topic, r.label, r.min_score or 0.0, r.none_above) for r in topic.routes
             ),
+            version=version,
         )
 
     def task_for(self, event_labels: tuple[str, ...] | None) -> Task:
@@ -95,7 +104,7 @@ def _own_hypotheses(entries: list[LabelEntry]) -> tuple[tuple[str, str], ...]:
 
 
 class Router:
-    """Looks up the route of a record by its topic."""
+    """Looks up the route of a record by its topic; a live configuration change replaces one."""
 
     def __init__(self, routes: list[Route]) -> None:
         self._routes = {route.input: route for route in routes}
@@ -110,6 +119,17 @@ class Router:
         """The topics to subscribe to."""
         return list(self._routes)
 
+    @property
+    def routes(self) -> list[Route]:
+        """The route of each input topic now."""
+        return list(self._routes.values())
+
     def route(self, topic: str) -> Route:
         """The route of an input topic; KeyError for a topic not configured."""
         return self._routes[topic]
+
+    def replace(self, route: Route) -> None:
+        """Route the events of `route.input` read from now on by `route`."""
+        if route.input not in self._routes:
+            raise KeyError(f"{route.input!r} is not an input topic")
+        self._routes[route.input] = route

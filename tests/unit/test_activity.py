@@ -31,6 +31,8 @@ def test_one_line_per_interval_with_the_figures_as_fields(
     metrics.dead_lettered.labels("posts", "invalid_json").inc(2)
     metrics.inference_seconds.observe(15)
     metrics.consumer_lag.labels("posts", "0").set(5)
+    metrics.config_in_force("posts", "file")
+    metrics.config_in_force("posts", "0:7", replaced="file")
     with caplog.at_level(logging.INFO, logger="worker.activity"):
         clock.now = 29.0
         activity.due()
@@ -41,9 +43,11 @@ def test_one_line_per_interval_with_the_figures_as_fields(
     [record] = caplog.records
     assert record.getMessage() == (
         "in 30.0s: 12 read, 10 classified (0.33/s), 2 dead-lettered; 2 batches of 6.0 events"
-        " and 800 padded tokens on average, model busy 0.5; lag 5, 1 partitions paused"
+        " and 800 padded tokens on average, model busy 0.5; lag 5, 1 partitions paused;"
+        " configuration posts 0:7"
     )
     assert record.__dict__["classified"] == 10
+    assert record.__dict__["config_versions"] == {"posts": "0:7"}
     assert record.__dict__["mean_batch_tokens"] == 800
 
 

@@ -22,6 +22,7 @@ def test_output_event_keeps_unknown_fields() -> None:
                 "predicted": ["sports"],
                 "multi_label": False,
                 "model": "m",
+                "config_version": "file",
                 "hypothesis_template": "This example is {}.",
                 "source": {"topic": "posts", "partition": 0, "offset": 3},
             },

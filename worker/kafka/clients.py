@@ -6,6 +6,7 @@ import enum
 import logging
 import os
 import socket
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -222,6 +223,33 @@ def make_consumer_unsubscribed(
         return Consumer(consumer_config(settings, on_error))
     except KafkaException as exc:
         raise _creation_error(exc, "kafka.consumer", "cannot create the consumer") from None
+
+
+def make_control_consumer(settings: Settings, on_error: ErrorCallback | None = None) -> Consumer:
+    """A consumer of the control topic: assigned its partitions, never a group member.
+
+    librdkafka wants a group id even so; this one is unique, and nothing is
+    committed under it. `kafka.properties` (security, above all) apply; the
+    group's own `kafka.consumer` properties do not.
+    """
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka.bootstrap_servers,
+        "logger": LIBRDKAFKA_LOG,
+        "group.id": f"{settings.kafka.group_id}.control.{uuid.uuid4().hex}",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        # Tells when the reader has caught up with a partition's end.
+        "enable.partition.eof": True,
+        "isolation.level": "read_committed",
+    }
+    if on_error is not None:
+        config["error_cb"] = on_error
+    config.update(_plain(settings.kafka.properties))
+    try:
+        return Consumer(config)
+    except KafkaException as exc:
+        doing = "cannot create the control consumer"
+        raise _creation_error(exc, "kafka.properties", doing) from None
 
 
 def _creation_error(exc: KafkaException, section: str, doing: str) -> errors.ZscError:
