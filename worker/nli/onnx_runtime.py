@@ -87,6 +87,12 @@ OPSET = 17
 # Bump when the export or the quantization recipe changes: old caches are then ignored.
 RECIPE = "export-v1, int8: dynamic, MatMul weights per tensor"
 CACHE_DIR = "zsc-worker/onnx"
+# The digest hashes small tensors whole (biases, norms, a classification head:
+# what a light fine-tune changes alone) and an even sample of each larger one,
+# which any fine-tune of it changes too: hashing a large model whole would cost
+# seconds at every start-up.
+DIGEST_WHOLE_ELEMENTS = 1 << 20
+DIGEST_SAMPLED_ELEMENTS = 1 << 16
 # ONNX Runtime's quantizer logs through the root logger, from files under here.
 QUANTIZER_SOURCE = "onnxruntime/quantization/"
 MODEL_FILE = "model.onnx"
@@ -105,7 +111,8 @@ def cache_root() -> Path:
 
 
 def model_digest(model: PreTrainedModel, input_names: frozenset[str], precision: str) -> str:
-    """A digest of everything the graph depends on: weights, inputs, precision, recipe, versions."""
+    """A digest of everything the graph depends on: weights (see DIGEST_WHOLE_ELEMENTS),
+    inputs, precision, recipe, versions."""
     digest = hashlib.blake2b(digest_size=16)
     for part in (
         precision,
@@ -119,8 +126,11 @@ def model_digest(model: PreTrainedModel, input_names: frozenset[str], precision:
     ):
         digest.update(part.encode())
     for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(memoryview(tensor.detach().contiguous().cpu().numpy()).cast("B"))
+        values = tensor.detach().reshape(-1)
+        if values.numel() > DIGEST_WHOLE_ELEMENTS:
+            values = values[:: values.numel() // DIGEST_SAMPLED_ELEMENTS]
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(memoryview(values.contiguous().cpu().numpy()).cast("B"))
     return digest.hexdigest()
 
 

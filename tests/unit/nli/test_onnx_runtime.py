@@ -101,6 +101,29 @@ def test_the_export_is_cached_and_reused(
     assert [p.name for p in cache.iterdir()] == [exported[0].parent.name]
 
 
+def test_the_digest_follows_the_weights_a_fine_tune_changes(
+    tiny_bart_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Sampling starts above a thousand elements here, so the tiny model's
+    # large matrices are sampled as a real model's are.
+    monkeypatch.setattr(onnx_runtime, "DIGEST_WHOLE_ELEMENTS", 1024)
+    monkeypatch.setattr(onnx_runtime, "DIGEST_SAMPLED_ELEMENTS", 64)
+    _, model = load_model(str(tiny_bart_dir), torch.device("cpu"), torch.float32)
+    names = frozenset({"input_ids", "attention_mask"})
+    original = onnx_runtime.model_digest(model, names, "int8")
+    assert onnx_runtime.model_digest(model, names, "int8") == original
+    assert onnx_runtime.model_digest(model, names, "float32") != original
+    with torch.no_grad():
+        head = model.classification_head.out_proj.bias
+        head += 1e-3
+        assert onnx_runtime.model_digest(model, names, "int8") != original
+        head -= 1e-3
+        matrix = model.model.encoder.layers[0].fc1.weight
+        assert matrix.numel() > 1024
+        matrix += 1e-3 * torch.randn_like(matrix)
+        assert onnx_runtime.model_digest(model, names, "int8") != original
+
+
 def test_a_cache_that_cannot_be_written_exports_into_a_temporary_directory(
     tiny_bart_dir: Path, cache: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
