@@ -218,6 +218,7 @@ def test_an_invalid_record_is_ignored_and_a_restarted_worker_starts_with_the_lat
     assert {o.json()["classification"]["config_version"] for o in outputs} == {applied}
     # A restart reads the whole control topic before it reads an event.
     with running(settings, bart) as restarted:
+        restarted.wait_for_assignment()
         assert config_versions(restarted.worker.metrics)[source] == applied
         produce(bootstrap_servers, source, events(texts[20:], 20))
         outputs = read(bootstrap_servers, [sink, dlq], 40)
