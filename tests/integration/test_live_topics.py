@@ -15,6 +15,7 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from config.settings import Settings
 from tests.integration.harness import (
     Output,
     RunningWorker,
@@ -58,7 +59,7 @@ def topics_for(bootstrap_servers: str, partitions: int) -> tuple[str, str, str, 
 
 def settings_for(
     bootstrap_servers: str, source: str, sink: str, dlq: str, control: str, model: str, **more: Any
-):
+) -> Settings:
     entry = {
         "input": source,
         "output": sink,
@@ -74,6 +75,13 @@ def settings_for(
         model={"name": model},
         **more,
     )
+
+
+def as_instance(settings: Settings, instance_id: str) -> Settings:
+    """The settings with a static group member id of their own."""
+    consumer = {**settings.kafka.consumer, "group.instance.id": instance_id}
+    kafka = settings.kafka.model_copy(update={"consumer": consumer})
+    return settings.model_copy(update={"kafka": kafka})
 
 
 def send_control(bootstrap_servers: str, control: str, topic: str, value: bytes | None) -> str:
@@ -127,14 +135,28 @@ def assert_monotonic(results: Iterable[dict[str, Any]], order: list[str]) -> Non
         assert ranks == sorted(ranks), f"partition {partition} went back: {sorted(versions)}"
 
 
+@pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
 def test_two_workers_switch_mid_stream_each_event_scored_by_the_version_it_names(
-    bootstrap_servers: str, bart, tiny_bart_dir: str
+    guarantee: str, request: pytest.FixtureRequest, bart, tiny_bart_dir: str
 ) -> None:
+    bootstrap_servers = request.getfixturevalue(
+        "exactly_once_bootstrap_servers" if guarantee == "exactly-once" else "bootstrap_servers"
+    )
     source, sink, dlq, control = topics_for(bootstrap_servers, 4)
-    settings = settings_for(bootstrap_servers, source, sink, dlq, control, str(tiny_bart_dir))
+    settings = settings_for(
+        bootstrap_servers,
+        source,
+        sink,
+        dlq,
+        control,
+        str(tiny_bart_dir),
+        processing_guarantee=guarantee,
+    )
     texts = fortunes(90)
     second = load_classifier(str(tiny_bart_dir), "cpu", "float32")
-    with running(settings, bart) as one, running(settings, second) as two:
+    # Two workers of one process: their transactional ids differ by instance id.
+    instances = [as_instance(settings, f"w{n}") for n in (1, 2)]
+    with running(instances[0], bart) as one, running(instances[1], second) as two:
         one.wait_for_assignment()
         two.wait_for_assignment()
         produce(bootstrap_servers, source, events(texts[:40], 0))
