@@ -132,20 +132,28 @@ def _parser() -> argparse.ArgumentParser:
     topics.add_argument(
         "action",
         choices=["get", "set", "delete", "history"],
+        metavar="get|set|delete|history",
         help="get: the entry in force; set: produce a record; delete: back to the file's entry"
         " (a tombstone); history: every record of the topic and what the workers made of it",
     )
-    topics.add_argument("--topic", required=True, help="the input topic (the record's key)")
-    topics.add_argument("--control-topic", help="overrides control_topic (ZSC_CONTROL_TOPIC)")
+    topics.add_argument(
+        "--topic", required=True, metavar="INPUT", help="the input topic (the record's key)"
+    )
+    topics.add_argument(
+        "--control-topic", metavar="T", help="overrides control_topic (ZSC_CONTROL_TOPIC)"
+    )
     topics.add_argument(
         "--config",
         type=Path,
+        metavar="FILE",
         help="the workers' configuration file: records are judged against its entry, as the"
         " workers judge them (without it, against a stand-in)",
     )
-    topics.add_argument("--bootstrap-servers", help="overrides kafka.bootstrap_servers")
-    topics.add_argument("--labels", help="set: comma-separated candidate labels")
-    topics.add_argument("--template", help="set: the hypothesis template, with {}")
+    topics.add_argument(
+        "--bootstrap-servers", metavar="H:P", help="overrides kafka.bootstrap_servers"
+    )
+    topics.add_argument("--labels", metavar="a,b", help="set: comma-separated candidate labels")
+    topics.add_argument("--template", metavar="T", help="set: the hypothesis template, with {}")
     mode = topics.add_mutually_exclusive_group()
     mode.add_argument(
         "--multi-label",
@@ -163,6 +171,7 @@ def _parser() -> argparse.ArgumentParser:
     topics.add_argument(
         "--file",
         type=Path,
+        metavar="entry.yaml",
         help="set: a YAML `topics` entry (input optional), replacing the record in force",
     )
     topics.set_defaults(handler=_topics)

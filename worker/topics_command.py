@@ -143,7 +143,8 @@ class ControlLog:
             return self.live[self.topic]
         except KeyError:
             raise errors.ConfigError(
-                f"--topic {self.topic!r} is not an input topic of the configuration file"
+                f"--topic {self.topic!r} is not an input topic of the configuration file;"
+                " input topics cannot be added at run time"
             ) from None
 
     def _judge(self, record: Message) -> None:
