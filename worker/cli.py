@@ -360,12 +360,12 @@ def _topics(args: argparse.Namespace) -> int:
             f"topics {args.action}: --labels, --template, --multi-label, --single-label and"
             " --file are for `set`"
         )
-    entry_file = read_entry_file(args.file) if args.file is not None else None
+    entry_keys = read_entry_file(args.file) if args.file is not None else None
     settings = command_settings(args.topic, args.config, args.bootstrap_servers, args.control_topic)
     configure_logging("WARNING", settings.log_format)
-    with_file = args.config is not None
+    with_config = args.config is not None
     return run_topics(
-        args.action, settings, args.topic, with_file, sys.stdout, sys.stderr, flags, entry_file
+        args.action, settings, args.topic, with_config, sys.stdout, sys.stderr, flags, entry_keys
     )
 
 

@@ -10,6 +10,7 @@ it judges against a stand-in entry, and says so.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +35,8 @@ WITHOUT_CONFIG = (
     "checked without the configuration file: keys a record leaves out are the file's, unknown"
     " here; --config FILE checks records as the workers will"
 )
+# Within a field of a history line, which is one line of tab-separated fields.
+LINE_BREAKS = re.compile(r"[\t\r\n]+")
 APPLIED = "applied"
 TOMBSTONE = "tombstone"
 # How long the broker may take to acknowledge the record produced.
@@ -93,11 +96,11 @@ def read_entry_file(path: Path) -> dict[str, Any]:
 def new_record(
     in_force: Mapping[str, Any] | None,
     flags: Mapping[str, Any],
-    entry_file: Mapping[str, Any] | None = None,
+    entry_keys: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The record `set` produces: the flags' keys laid over the file's entry given with
-    --file, else over the record in force (None after a tombstone or none)."""
-    base = entry_file if entry_file is not None else in_force or {}
+    """The record `set` produces: the flags' keys laid over the keys read from --file, else
+    over the record in force (None after a tombstone or none)."""
+    base = entry_keys if entry_keys is not None else in_force or {}
     return {**base, **flags}
 
 
@@ -112,10 +115,13 @@ class Judged:
     """`applied`, or `rejected: REASON`."""
 
     def line(self) -> str:
-        """Version, time (ISO 8601, UTC), verdict and value, separated by tabs."""
+        """Version, time (ISO 8601, UTC), verdict and value, separated by tabs; the value's
+        own tabs and line breaks become spaces (whitespace in JSON)."""
         when = "-" if self.timestamp is None else self.timestamp.isoformat(timespec="milliseconds")
         value = TOMBSTONE if self.value is None else self.value.decode("utf-8", "replace")
-        return "\t".join([self.version, when, self.verdict, value])
+        return "\t".join(
+            LINE_BREAKS.sub(" ", field) for field in (self.version, when, self.verdict, value)
+        )
 
 
 class ControlLog:
@@ -201,16 +207,16 @@ def produce_record(settings: Settings, key: bytes, value: bytes | None) -> str:
     return version_of(partition, offset)
 
 
-def in_force_document(topic: str, in_force: InForce, with_file: bool) -> dict[str, Any]:
+def in_force_document(topic: str, in_force: InForce, with_config: bool) -> dict[str, Any]:
     """What `get`, `set` and `delete` print: the version in force, its entry (only where the
     configuration file gives it) and the record's keys."""
     document: dict[str, Any] = {
         "topic": topic,
         "version": in_force.version,
-        "entry": in_force.entry.model_dump(mode="json") if with_file else None,
+        "entry": in_force.entry.model_dump(mode="json") if with_config else None,
         "change": None if in_force.change is None else dict(in_force.change),
     }
-    if not with_file:
+    if not with_config:
         document["note"] = WITHOUT_CONFIG
     return document
 
@@ -219,29 +225,29 @@ def run_topics(
     action: str,
     settings: Settings,
     topic: str,
-    with_file: bool,
+    with_config: bool,
     out: TextIO,
     err: TextIO,
     flags: Mapping[str, Any] | None = None,
-    entry_file: Mapping[str, Any] | None = None,
+    entry_keys: Mapping[str, Any] | None = None,
 ) -> int:
-    """Run `get`, `set` (the record of `flags` and `entry_file`), `delete` or `history`."""
+    """Run `get`, `set` (the record of `flags` and `entry_keys`), `delete` or `history`."""
     log = ControlLog(settings, topic)
     try:
         log.read()
         if action == "history":
-            if not with_file:
+            if not with_config:
                 print(f"zsc-worker: {WITHOUT_CONFIG}", file=err)
             for judged in log.records:
                 print(judged.line(), file=out)
             return 0
         in_force = log.in_force()
         if action == "set":
-            record = new_record(in_force.change, flags or {}, entry_file)
-            in_force = _produce(log, settings, record, with_file, err)
+            record = new_record(in_force.change, flags or {}, entry_keys)
+            in_force = _produce(log, settings, record, with_config, err)
         elif action == "delete":
-            in_force = _produce(log, settings, None, with_file, err)
-        document = in_force_document(topic, in_force, with_file)
+            in_force = _produce(log, settings, None, with_config, err)
+        document = in_force_document(topic, in_force, with_config)
         out.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
     finally:
@@ -252,7 +258,7 @@ def _produce(
     log: ControlLog,
     settings: Settings,
     record: Mapping[str, Any] | None,
-    with_file: bool,
+    with_config: bool,
     err: TextIO,
 ) -> InForce:
     """Judge the record as the workers will; produce and apply it: what it puts in force."""
@@ -261,7 +267,7 @@ def _produce(
     try:
         log.live.judge(key, value)
     except errors.ControlRecordError as exc:
-        checked = "" if with_file else f" ({WITHOUT_CONFIG})"
+        checked = "" if with_config else f" ({WITHOUT_CONFIG})"
         raise errors.ConfigError(f"the workers would refuse this record: {exc}{checked}") from None
     version = produce_record(settings, key, value)
     written = TOMBSTONE if value is None else "control record"

@@ -167,7 +167,7 @@ def test_the_command_refuses_bad_arguments_before_it_connects(
 def test_the_entry_in_force_is_printed_only_where_the_file_gives_it() -> None:
     entry = TopicSettings.model_validate(ENTRY)
     in_force = InForce(entry, "0:7", {"labels": ["sports", "politics"]})
-    document = in_force_document("posts", in_force, with_file=True)
+    document = in_force_document("posts", in_force, with_config=True)
     assert document == {
         "topic": "posts",
         "version": "0:7",
@@ -175,7 +175,7 @@ def test_the_entry_in_force_is_printed_only_where_the_file_gives_it() -> None:
         "change": {"labels": ["sports", "politics"]},
     }
     orjson.dumps(document)  # JSON all through
-    document = in_force_document("posts", InForce(entry, "file"), with_file=False)
+    document = in_force_document("posts", InForce(entry, "file"), with_config=False)
     assert document == {
         "topic": "posts",
         "version": "file",
@@ -191,3 +191,5 @@ def test_a_history_line_has_version_time_verdict_and_value() -> None:
     assert applied.line() == '0:3\t2026-12-06T09:30:01.250+00:00\tapplied\t{"labels":["a"]}'
     tombstone = Judged("0:4", None, None, "rejected: no such topic")
     assert tombstone.line() == "0:4\t-\trejected: no such topic\ttombstone"
+    pretty = Judged("0:5", None, b'{\n\t"labels": ["a  b"]\r\n}', "applied")
+    assert pretty.line() == '0:5\t-\tapplied\t{ "labels": ["a  b"] }'
