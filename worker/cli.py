@@ -1,4 +1,4 @@
-"""The `zsc-worker` command: run, classify, demo, calibrate, schema, produce, tail."""
+"""The `zsc-worker` command: run, classify, demo, calibrate, topics, schema, produce, tail."""
 
 from __future__ import annotations
 
@@ -125,6 +125,56 @@ def _parser() -> argparse.ArgumentParser:
         "--write", action="store_true", help="store the result in the config file"
     )
     calibrate.set_defaults(handler=_calibrate)
+
+    topics = commands.add_parser(
+        "topics", help="show, change or list a topic's live entry (records of the control topic)"
+    )
+    topics.add_argument(
+        "action",
+        choices=["get", "set", "delete", "history"],
+        metavar="get|set|delete|history",
+        help="get: the entry in force; set: produce a record; delete: back to the file's entry"
+        " (a tombstone); history: every record of the topic and what the workers made of it",
+    )
+    topics.add_argument(
+        "--topic", required=True, metavar="INPUT", help="the input topic (the record's key)"
+    )
+    topics.add_argument(
+        "--control-topic", metavar="T", help="overrides control_topic (ZSC_CONTROL_TOPIC)"
+    )
+    topics.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="the workers' configuration file: records are judged against its entry, as the"
+        " workers judge them (without it, against a stand-in)",
+    )
+    topics.add_argument(
+        "--bootstrap-servers", metavar="H:P", help="overrides kafka.bootstrap_servers"
+    )
+    topics.add_argument("--labels", metavar="a,b", help="set: comma-separated candidate labels")
+    topics.add_argument("--template", metavar="T", help="set: the hypothesis template, with {}")
+    mode = topics.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--multi-label",
+        dest="multi_label",
+        action="store_true",
+        default=None,
+        help="set: score each label on its own",
+    )
+    mode.add_argument(
+        "--single-label",
+        dest="multi_label",
+        action="store_false",
+        help="set: the labels share one softmax",
+    )
+    topics.add_argument(
+        "--file",
+        type=Path,
+        metavar="entry.yaml",
+        help="set: a YAML `topics` entry (input optional), replacing the record in force",
+    )
+    topics.set_defaults(handler=_topics)
 
     schema = commands.add_parser("schema", help="print the JSON Schemas of the events")
     schema.add_argument(
@@ -295,6 +345,28 @@ def _calibrate(args: argparse.Namespace) -> int:
         write_calibration(args.config, args.topic, result)
         print(f"written to {args.config}", file=sys.stdout)
     return 0
+
+
+def _topics(args: argparse.Namespace) -> int:
+    from worker.topics_command import command_settings, flag_keys, read_entry_file, run_topics
+
+    flags = flag_keys(args.labels, args.template, args.multi_label)
+    if args.action == "set" and not flags and args.file is None:
+        raise errors.ConfigError(
+            "topics set: give --labels, --template, --multi-label, --single-label or --file"
+        )
+    if args.action != "set" and (flags or args.file is not None):
+        raise errors.ConfigError(
+            f"topics {args.action}: --labels, --template, --multi-label, --single-label and"
+            " --file are for `set`"
+        )
+    entry_keys = read_entry_file(args.file) if args.file is not None else None
+    settings = command_settings(args.topic, args.config, args.bootstrap_servers, args.control_topic)
+    configure_logging("WARNING", settings.log_format)
+    with_config = args.config is not None
+    return run_topics(
+        args.action, settings, args.topic, with_config, sys.stdout, sys.stderr, flags, entry_keys
+    )
 
 
 def _schema(args: argparse.Namespace) -> int:

@@ -72,6 +72,17 @@ class ControlReader:
         self._next = dict.fromkeys(partitions, 0)
         self._consumer.assign([TopicPartition(self.name, p, OFFSET_BEGINNING) for p in partitions])
 
+    def read_all(self, take: Callable[[Message], None], timeout_s: float) -> None:
+        """Open the topic and give `take` every record from its beginning to its end as of
+        now; ConfigError if it is missing, KafkaError if that takes over `timeout_s`."""
+        self.open()
+        if not self.catch_up(take, timeout_s):
+            raise errors.KafkaError(
+                f"cannot read control_topic {self.name!r} to its end in {timeout_s:.0f} s",
+                code=KafkaError._TIMED_OUT,
+                retriable=True,
+            )
+
     def catch_up(self, take: Callable[[Message], None], timeout_s: float) -> bool:
         """Give `take` every record up to the topic's end as of now; False if that timed out."""
         deadline = self._clock() + timeout_s
@@ -133,13 +144,7 @@ class ControlTopic:
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
         """Apply the control topic from its beginning to its end; raise if that cannot be done."""
-        self._reader.open()
-        if not self._reader.catch_up(self._apply, timeout_s):
-            raise errors.KafkaError(
-                f"cannot read control_topic {self._reader.name!r} to its end in {timeout_s:.0f} s",
-                code=KafkaError._TIMED_OUT,
-                retriable=True,
-            )
+        self._reader.read_all(self._apply, timeout_s)
         in_force = {topic: self._live[topic].version for topic in self._live.topics}
         log.info("control topic %s read: configuration versions %s", self._reader.name, in_force)
 

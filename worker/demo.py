@@ -23,6 +23,9 @@ from worker.kafka.admin import ensure_topics
 from worker.routing import Router
 from worker.tools import ResultRow, print_table
 
+# Live topic entries (`zsc-worker topics`); compacted, as a control topic is meant to be.
+CONTROL_TOPIC = "demo.control"
+COMPACTED = {"cleanup.policy": "compact"}
 # The demo gives up waiting for results after this long (a cold CPU model is slow).
 RESULTS_TIMEOUT_S = 300.0
 
@@ -63,6 +66,7 @@ def demo_settings(bootstrap_servers: str, model: str) -> Settings:
         model={"name": model},
         batching={"max_events": 16, "max_wait_ms": 100},
         metrics_port=0,
+        control_topic=CONTROL_TOPIC,
         topics=[
             {
                 "input": "demo.posts",
@@ -91,6 +95,7 @@ def run_demo(model: str, bootstrap_servers: str | None, out: TextIO = sys.stdout
         settings = demo_settings(servers, model)
         topics = [name for t in settings.topics for name in (t.input, t.output, t.dead_letter)]
         ensure_topics(servers, topics)
+        ensure_topics(servers, [CONTROL_TOPIC], config=COMPACTED)
         expected = _produce_samples(servers)
         stop = threading.Event()
         worker = Worker(settings, classifier)

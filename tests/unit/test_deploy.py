@@ -21,6 +21,10 @@ from worker.metrics import Metrics
 ROOT = Path(__file__).parents[2]
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 TOPIC_SPEC = re.compile(r"([\w.]+):(\d+)")
+COMPACTED_CREATE = re.compile(
+    r"kafka-topics\.sh [^\n]*--create [^\n]*--topic \"?([\w.-]+)\"? [^\n]*"
+    r"--config cleanup\.policy=compact\b"
+)
 GRAFANA = ROOT / "deploy" / "grafana" / "zsc-worker.json"
 README = ROOT / "README.md"
 METRIC_NAME = re.compile(r"\bzsc_\w+")
@@ -57,6 +61,18 @@ def created_partitions(script: str) -> dict[str, int]:
     loop = re.search(r"for t in ([^;]+);", script)
     assert loop, "the script creates its topics in a `for t in name:partitions ...` loop"
     return {name: int(count) for name, count in TOPIC_SPEC.findall(loop.group(1))}
+
+
+def compacted_topics(script: str) -> set[str]:
+    """The topics a creation script makes compacted, each in a command of its own."""
+    return set(COMPACTED_CREATE.findall(script.replace("\\\n", " ")))
+
+
+def assert_control_topic_compacted(script: str, control_topic: str) -> None:
+    assert control_topic, "the workers are configured with a control topic"
+    assert control_topic in compacted_topics(script), f"{control_topic} is created compacted"
+    # Created first by the loop (`--if-not-exists`), it would stay uncompacted.
+    assert control_topic not in created_partitions(script)
 
 
 def all_topics(settings: Settings) -> set[str]:
@@ -104,6 +120,14 @@ def test_compose_creates_every_topic_of_the_example_config(compose: dict[str, An
     assert all_topics(settings) <= set(partitions), all_topics(settings) - set(partitions)
     for topic in settings.topics:
         assert partitions[topic.input] > 1, "input topics have partitions for workers to share"
+
+
+def test_compose_creates_the_control_topic_compacted_and_the_worker_reads_it(
+    compose: dict[str, Any],
+) -> None:
+    script = compose["services"]["topics"]["command"][0]
+    control_topic = compose["services"]["worker"]["environment"]["ZSC_CONTROL_TOPIC"]
+    assert_control_topic_compacted(script, control_topic)
 
 
 def test_compose_profiles_for_monitoring_and_sample_events(compose: dict[str, Any]) -> None:
@@ -200,6 +224,13 @@ def test_keda_scales_the_deployment_on_the_groups_lag_within_the_partitions(
     partitions = created_partitions(container["args"][0])
     assert all_topics(configured) <= set(partitions)
     assert scaled["spec"]["maxReplicaCount"] <= min(partitions[name] for name in inputs)
+
+
+def test_the_topics_job_creates_the_control_topic_compacted(
+    k8s: dict[tuple[str, str], dict[str, Any]], configured: Settings
+) -> None:
+    [container] = k8s[("topics-job.yaml", "Job")]["spec"]["template"]["spec"]["containers"]
+    assert_control_topic_compacted(container["args"][0], configured.control_topic)
 
 
 def test_kustomization_lists_the_manifests(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -14,15 +14,24 @@ CREATE_TIMEOUT_S = 30.0
 
 
 def ensure_topics(
-    bootstrap_servers: str, names: Iterable[str], partitions: int = 1, replication: int = 1
+    bootstrap_servers: str,
+    names: Iterable[str],
+    partitions: int = 1,
+    replication: int = 1,
+    config: Mapping[str, str] | None = None,
 ) -> None:
-    """Create the topics that do not exist yet; existing ones are left as they are."""
+    """Create the topics that do not exist yet, with the topic `config` given
+    (`{"cleanup.policy": "compact"}`); existing ones are left as they are."""
     admin = AdminClient({"bootstrap.servers": bootstrap_servers})
     try:
         existing = set(admin.list_topics(timeout=CREATE_TIMEOUT_S).topics)
     except KafkaException as exc:
         raise translate(exc, f"cannot reach the brokers at {bootstrap_servers}") from None
-    wanted = [NewTopic(name, partitions, replication) for name in names if name not in existing]
+    wanted = [
+        NewTopic(name, partitions, replication, config=dict(config or {}))
+        for name in names
+        if name not in existing
+    ]
     if not wanted:
         return
     for name, future in admin.create_topics(wanted, operation_timeout=CREATE_TIMEOUT_S).items():

@@ -252,6 +252,29 @@ def make_control_consumer(settings: Settings, on_error: ErrorCallback | None = N
         raise _creation_error(exc, "kafka.properties", doing) from None
 
 
+def make_control_producer(settings: Settings) -> Producer:
+    """A producer of control records (`zsc-worker topics`), never transactional.
+
+    `kafka.properties` (security, above all) apply; the workers' own
+    `kafka.producer` properties do not.
+    """
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka.bootstrap_servers,
+        "logger": LIBRDKAFKA_LOG,
+        # A retry can neither duplicate nor reorder a control record.
+        "enable.idempotence": True,
+        # The Java clients' partitioner: a topic's records written by Kafka's own
+        # tools and by this one land in the same partition, so they keep their order.
+        "partitioner": "murmur2_random",
+    }
+    config.update(_plain(settings.kafka.properties))
+    try:
+        return Producer(config)
+    except KafkaException as exc:
+        doing = "cannot create the control producer"
+        raise _creation_error(exc, "kafka.properties", doing) from None
+
+
 def _creation_error(exc: KafkaException, section: str, doing: str) -> errors.ZscError:
     """librdkafka refusing its properties (a value out of range, two that contradict each
     other) is a configuration error, with librdkafka's words naming the properties."""
