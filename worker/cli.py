@@ -102,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--bootstrap-servers", help="use this broker instead of starting the embedded one"
     )
+    demo.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="after the table, keep the broker and the worker up until Ctrl-C"
+        " (to change a topic's labels with `zsc-worker topics`)",
+    )
     demo.set_defaults(handler=_demo)
 
     calibrate = commands.add_parser(
@@ -408,4 +414,8 @@ def _tail(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from worker.demo import run_demo
 
-    return run_demo(args.model, args.bootstrap_servers)
+    return run_demo(
+        args.model,
+        args.bootstrap_servers,
+        keep_running=_stop_on_signals() if args.keep_running else None,
+    )

@@ -26,6 +26,14 @@ from worker.tools import ResultRow, print_table
 # Live topic entries (`zsc-worker topics`); compacted, as a control topic is meant to be.
 CONTROL_TOPIC = "demo.control"
 COMPACTED = {"cleanup.policy": "compact"}
+# What --keep-running prints after the table.
+KEEP_RUNNING = """
+The broker and the worker keep running (Ctrl-C stops them). In another terminal:
+  zsc-worker topics set --bootstrap-servers {servers} --control-topic {control} \\
+      --topic demo.posts --labels sports,politics,technology,science
+  echo '{{"id": "new-1", "text": "Water was found on a distant planet."}}' > post.jsonl
+  zsc-worker produce post.jsonl --topic demo.posts --bootstrap-servers {servers}
+  zsc-worker tail --topic demo.posts.classified --from-beginning --bootstrap-servers {servers}"""
 # The demo gives up waiting for results after this long (a cold CPU model is slow).
 RESULTS_TIMEOUT_S = 300.0
 
@@ -84,8 +92,17 @@ def demo_settings(bootstrap_servers: str, model: str) -> Settings:
     )
 
 
-def run_demo(model: str, bootstrap_servers: str | None, out: TextIO = sys.stdout) -> int:
-    """Load the model, start a broker if none is given, classify the samples, print them."""
+def run_demo(
+    model: str,
+    bootstrap_servers: str | None,
+    out: TextIO = sys.stdout,
+    keep_running: threading.Event | None = None,
+) -> int:
+    """Load the model, start a broker if none is given, classify the samples, print them.
+
+    With `keep_running`, the broker and the worker stay up after the table
+    until that event is set (SIGINT or SIGTERM), for commands run beside them.
+    """
     from worker.nli.classifier import load_classifier
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -111,13 +128,18 @@ def run_demo(model: str, bootstrap_servers: str | None, out: TextIO = sys.stdout
         thread.start()
         try:
             results = _collect(servers, settings, expected, failure)
+            print(file=out)
+            print_table(sorted(results, key=lambda row: (row.topic, row.text)), out)
+            if keep_running is not None:
+                print(KEEP_RUNNING.format(servers=servers, control=CONTROL_TOPIC), file=out)
+                out.flush()
+                while not keep_running.wait(0.5) and thread.is_alive():
+                    pass
         finally:
             stop.set()
             thread.join()
         if failure:
             raise errors.ZscError(f"the worker failed: {failure[0]}")
-    print(file=out)
-    print_table(sorted(results, key=lambda row: (row.topic, row.text)), out)
     return 0
 
 
