@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from pydantic import SecretStr
 
-from config.kafka import DEFAULT_SESSION_TIMEOUT_MS, PropertyValue
+from config.kafka import DEFAULT_SESSION_TIMEOUT_MS, KafkaSettings, PropertyValue
 from config.settings import Settings
 from worker import errors
 
@@ -250,6 +250,53 @@ def make_control_consumer(settings: Settings, on_error: ErrorCallback | None = N
     except KafkaException as exc:
         doing = "cannot create the control consumer"
         raise _creation_error(exc, "kafka.properties", doing) from None
+
+
+def make_replay_consumer(kafka: KafkaSettings, group_id: str) -> Consumer:
+    """A consumer of a dead-letter topic for `zsc-worker replay`: assigned its partitions,
+    never a group member, its position kept as the committed offsets of `group_id`.
+
+    `kafka.properties` (security, above all) apply; the workers' own
+    `kafka.consumer` properties (static membership, say) do not.
+    """
+    config: dict[str, Any] = {
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "logger": LIBRDKAFKA_LOG,
+        "group.id": group_id,
+        # The command commits once, after the deliveries, and never past a record
+        # it could not produce.
+        "enable.auto.commit": False,
+        # A group that never committed starts at the topic's beginning, and so does
+        # one whose position the topic's retention has deleted.
+        "auto.offset.reset": "earliest",
+        # Tells when a partition's end is reached even where its last offsets hold
+        # no record to hand out (transaction markers, aborted or compacted records).
+        "enable.partition.eof": True,
+    }
+    config.update(_plain(kafka.properties))
+    try:
+        return Consumer(config)
+    except KafkaException as exc:
+        raise _creation_error(exc, "kafka.properties", "cannot create the consumer") from None
+
+
+def make_replay_producer(kafka: KafkaSettings) -> Producer:
+    """The producer of `zsc-worker replay`: idempotent, never transactional.
+
+    `kafka.properties` apply; the workers' own `kafka.producer` properties
+    (tuned for their outputs) do not.
+    """
+    config: dict[str, Any] = {
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "logger": LIBRDKAFKA_LOG,
+        # A retry can neither duplicate nor reorder a replayed record.
+        "enable.idempotence": True,
+    }
+    config.update(_plain(kafka.properties))
+    try:
+        return Producer(config)
+    except KafkaException as exc:
+        raise _creation_error(exc, "kafka.properties", "cannot create the producer") from None
 
 
 def _creation_error(exc: KafkaException, section: str, doing: str) -> errors.ZscError:
