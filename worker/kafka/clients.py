@@ -80,6 +80,8 @@ class DeliveryFailure(enum.Enum):
 # librdkafka's own log lines go through Python logging, not straight to stderr,
 # so JSON log formatting and levels apply to them too.
 LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
+# librdkafka's `log_level` that passes only critical lines (syslog levels, 7 = debug).
+SYSLOG_CRITICAL = 2
 
 
 def consumer_config(settings: Settings, on_error: ErrorCallback | None = None) -> dict[str, Any]:
@@ -252,16 +254,18 @@ def make_control_consumer(settings: Settings, on_error: ErrorCallback | None = N
         raise _creation_error(exc, "kafka.properties", doing) from None
 
 
-def make_replay_consumer(kafka: KafkaSettings, group_id: str) -> Consumer:
+def make_replay_consumer(
+    kafka: KafkaSettings, group_id: str, on_error: ErrorCallback | None = None
+) -> Consumer:
     """A consumer of a dead-letter topic for `zsc-worker replay`: assigned its partitions,
     never a group member, its position kept as the committed offsets of `group_id`.
 
     `kafka.properties` (security, above all) apply; the workers' own
-    `kafka.consumer` properties (static membership, say) do not.
+    `kafka.consumer` properties (static membership, say) do not. `on_error` gets
+    the client's errors.
     """
     config: dict[str, Any] = {
-        "bootstrap.servers": kafka.bootstrap_servers,
-        "logger": LIBRDKAFKA_LOG,
+        **_command_client(kafka, on_error),
         "group.id": group_id,
         # The command commits once, after the deliveries, and never past a record
         # it could not produce.
@@ -280,15 +284,14 @@ def make_replay_consumer(kafka: KafkaSettings, group_id: str) -> Consumer:
         raise _creation_error(exc, "kafka.properties", "cannot create the consumer") from None
 
 
-def make_replay_producer(kafka: KafkaSettings) -> Producer:
+def make_replay_producer(kafka: KafkaSettings, on_error: ErrorCallback | None = None) -> Producer:
     """The producer of `zsc-worker replay`: idempotent, never transactional.
 
     `kafka.properties` apply; the workers' own `kafka.producer` properties
-    (tuned for their outputs) do not.
+    (tuned for their outputs) do not. `on_error` gets the client's errors.
     """
     config: dict[str, Any] = {
-        "bootstrap.servers": kafka.bootstrap_servers,
-        "logger": LIBRDKAFKA_LOG,
+        **_command_client(kafka, on_error),
         # A retry can neither duplicate nor reorder a replayed record.
         "enable.idempotence": True,
     }
@@ -297,6 +300,21 @@ def make_replay_producer(kafka: KafkaSettings) -> Producer:
         return Producer(config)
     except KafkaException as exc:
         raise _creation_error(exc, "kafka.properties", "cannot create the producer") from None
+
+
+def _command_client(kafka: KafkaSettings, on_error: ErrorCallback | None) -> dict[str, Any]:
+    """What the clients of a one-shot command share: where the brokers are, and a log that
+    leaves the client's errors to `on_error`."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "logger": LIBRDKAFKA_LOG,
+        # librdkafka logs a broker it cannot reach at every reconnect, many times a
+        # second; the command reports the error itself (on_error), once.
+        "log_level": SYSLOG_CRITICAL,
+    }
+    if on_error is not None:
+        config["error_cb"] = on_error
+    return config
 
 
 def _creation_error(exc: KafkaException, section: str, doing: str) -> errors.ZscError:
