@@ -399,7 +399,7 @@ class Sender:
             except BufferError:
                 self._producer.poll(QUEUE_FULL_WAIT_S)
             except KafkaException as exc:
-                letter.fail(translate(exc, "refused by the producer").args[0])
+                letter.fail(str(translate(exc, "refused by the producer")))
                 return
         self._producer.poll(0)
 
@@ -467,10 +467,10 @@ def replay(kafka: KafkaSettings, options: ReplayOptions, out: TextIO) -> int:
             for letter in letters:
                 if letter.fate is Fate.FAILED:
                     print(letter.line(topic), file=out)
-        positions = {} if options.dry_run else commit_positions(letters)
-        _commit(consumer, topic, positions)
         for line in summary_lines(letters, options.dry_run):
             print(line, file=out)
+        positions = {} if options.dry_run else commit_positions(letters)
+        _commit(consumer, topic, positions)
         held = {letter.partition for letter in letters if letter.fate is Fate.FAILED}
         print(commit_line(topic, positions, held, options.dry_run), file=out, flush=True)
         if stalled is not None:

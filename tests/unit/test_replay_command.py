@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from tests.unit.kafka_stubs import StubMessage
 from worker import cli, errors, outputs
@@ -178,15 +178,21 @@ def test_a_delivery_refused_with_its_batch_is_tried_alone_once() -> None:
 
 @dataclass
 class SizeLimitedProducer:
-    """Delivers at flush; like a broker, refuses every record queued with one over `limit`."""
+    """Delivers at flush; like a broker, refuses every record queued with one over `limit`.
+    Like librdkafka, refuses at once a record over `local_limit`."""
 
     limit: int
+    local_limit: int
     silent: set[bytes] = field(default_factory=set)
     """Values never acknowledged."""
     sent: list[tuple[str, bytes, int | None, object]] = field(default_factory=list)
     queued: list[tuple[str, bytes, int | None, object, object]] = field(default_factory=list)
 
     def produce(self, topic, value, key=None, headers=None, on_delivery=None, partition=None):
+        if len(value) > self.local_limit:
+            raise KafkaException(
+                KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "over message.max.bytes")
+            )
         self.queued.append((topic, value, partition, headers, on_delivery))
 
     def poll(self, timeout: float = 0.0) -> int:
@@ -207,9 +213,9 @@ class SizeLimitedProducer:
 
 
 def test_the_sender_produces_neighbours_of_a_refused_record_alone_and_fails_only_it() -> None:
-    producer = SizeLimitedProducer(limit=10)
+    producer = SizeLimitedProducer(limit=10, local_limit=100)
     sender = Sender(producer)  # type: ignore[arg-type]
-    values = [b"small", b"x" * 11, b"small too", b"silent"]
+    values = [b"small", b"x" * 11, b"small too", b"silent", b"y" * 101]
     producer.silent.add(b"silent")
     letters = []
     for offset, value in enumerate(values):
@@ -217,9 +223,11 @@ def test_the_sender_produces_neighbours_of_a_refused_record_alone_and_fails_only
         sender.send(letter_, StubMessage(DLQ, 0, offset, value, b"key"))
         letters.append(letter_)
     sender.settle(letters, timeout_s=1)
-    assert [x.fate for x in letters] == [Fate.PRODUCED, Fate.FAILED, Fate.PRODUCED, Fate.FAILED]
+    fates = [x.fate for x in letters]
+    assert fates == [Fate.PRODUCED, Fate.FAILED, Fate.PRODUCED, Fate.FAILED, Fate.FAILED]
     assert letters[1].reason == "too large"
     assert letters[3].reason == "not acknowledged within 1 s"
+    assert letters[4].reason == "refused by the producer: over message.max.bytes"
     kept = [("trace", b"t-1"), ("empty", None)]
     assert producer.sent == [("posts", b"small", 2, kept), ("posts", b"small too", 2, kept)]
     assert all(x.record is None for x in letters), "settled records are not held"
