@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from config.errors import ConfigError
 from config.kafka import KafkaSettings, check_guarantee_kept
@@ -180,6 +187,42 @@ def load_settings(
     `overrides` maps dotted keys (``"kafka.group_id"``) to values; None values are skipped.
     Raises ConfigError naming each bad key and why.
     """
+    merged = _merged_layers(config_file, overrides, environ)
+    try:
+        return Settings(**merged)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, config_file)) from None
+
+
+class _KafkaOnly(BaseModel):
+    """The `kafka` key of a configuration, its other keys left unread."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+
+
+def load_kafka_settings(
+    config_file: str | Path | None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> KafkaSettings:
+    """The `kafka` settings alone, from the same layers as `load_settings`, for a command that
+    talks to the brokers but runs no worker (`replay`): the file's other keys are not read, so
+    no `topics` are needed. Raises ConfigError naming each bad key and why."""
+    merged = _merged_layers(config_file, overrides, environ)
+    try:
+        return _KafkaOnly(**merged).kafka
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, config_file)) from None
+
+
+def _merged_layers(
+    config_file: str | Path | None,
+    overrides: Mapping[str, Any] | None,
+    environ: Mapping[str, str] | None,
+) -> Layer:
+    """The file, the environment and the flags laid over each other, not yet validated."""
     flags = [(tuple(key.split(".")), v) for key, v in (overrides or {}).items() if v is not None]
     layers = [
         _read_yaml(config_file) if config_file else {},
@@ -189,10 +232,7 @@ def load_settings(
     merged: Layer = {}
     for layer in layers:
         _deep_merge(merged, layer)
-    try:
-        return Settings(**merged)
-    except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, config_file)) from None
+    return merged
 
 
 def describe_validation_error(exc: ValidationError, source: str | Path | None) -> str:

@@ -1,4 +1,5 @@
-"""The `zsc-worker` command: run, classify, demo, calibrate, topics, schema, produce, tail."""
+"""The `zsc-worker` command: run, classify, demo, calibrate, topics, schema, produce, tail,
+replay."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import orjson
 
 from config import errors as config_errors
 from config.kafka import DEFAULT_BOOTSTRAP
-from config.settings import DEFAULT_MODEL, load_settings
+from config.settings import DEFAULT_MODEL, load_kafka_settings, load_settings
 from config.topics import DEFAULT_TEMPLATE, check_template
 from schemas import SCHEMAS, schema_documents
 from worker import errors
@@ -29,6 +30,21 @@ log = logging.getLogger("worker")
 EXIT_CONFIG = 2
 EXIT_MODEL = 3
 EXIT_RUNTIME = 1
+# `zsc-worker replay --help`: where it starts, what it commits, how it exits.
+REPLAY_DESCRIPTION = """\
+Send the records of a dead-letter topic back, with their key, value and headers
+but without the zsc.* headers: to --to, or to the topic and partition each was
+read from.
+
+It reads as a consumer group of its own, zsc-replay.DLQ_TOPIC (--group-id): from
+the topic's beginning the first time, then from where the last replay stopped,
+so a second replay does not send again what the first one sent. It stops at the
+topic's end as of its start. Records not selected are passed over (committed
+past) too; nothing is committed past a record that could not be produced, and
+a dry run commits nothing.
+
+Exit status: 0; 1 if a record could not be produced (or the brokers failed);
+2 for invalid arguments or configuration."""
 # Texts scored per classifier call by `classify`.
 CLASSIFY_CHUNK = 64
 
@@ -212,6 +228,57 @@ def _parser() -> argparse.ArgumentParser:
         help="auto: a table on a terminal, JSON lines otherwise",
     )
     tail.set_defaults(handler=_tail)
+
+    replay = commands.add_parser(
+        "replay",
+        help="send dead-lettered records back to their topics",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=REPLAY_DESCRIPTION,
+    )
+    replay.add_argument(
+        "--from",
+        dest="dead_letter_topic",
+        required=True,
+        metavar="DLQ_TOPIC",
+        help="the dead-letter topic to read",
+    )
+    replay.add_argument(
+        "--to", metavar="TOPIC", help="default: each record's zsc.source.topic (and partition)"
+    )
+    replay.add_argument(
+        "--error-type",
+        action="append",
+        metavar="T",
+        help="only records of this zsc.error.type (text_too_long, ...); repeat for several",
+    )
+    replay.add_argument(
+        "--since",
+        metavar="ISO8601",
+        help="only records dead-lettered at or after this time (without an offset: UTC)",
+    )
+    replay.add_argument(
+        "--max", type=int, dest="max_records", metavar="N", help="stop after N records selected"
+    )
+    replay.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would be done to each record; produce and commit nothing",
+    )
+    replay.add_argument(
+        "--group-id",
+        metavar="G",
+        help="the group whose offsets keep the position (default zsc-replay.DLQ_TOPIC)",
+    )
+    replay.add_argument(
+        "--bootstrap-servers", metavar="H:P", help="overrides kafka.bootstrap_servers"
+    )
+    replay.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="the workers' configuration file: its kafka settings (security properties too)",
+    )
+    replay.set_defaults(handler=_replay)
     return parser
 
 
@@ -409,6 +476,33 @@ def _tail(args: argparse.Namespace) -> int:
         idle_timeout_s=args.idle_timeout,
     )
     return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from worker.replay_command import (
+        ReplayOptions,
+        Selection,
+        default_group,
+        parse_since,
+        replay,
+    )
+
+    if args.max_records is not None and args.max_records < 1:
+        raise errors.ConfigError("--max: give a number of records, 1 or more")
+    if args.to == args.dead_letter_topic:
+        raise errors.ConfigError("--to: the dead-letter topic itself")
+    since = parse_since(args.since) if args.since is not None else None
+    kafka = load_kafka_settings(args.config, {"kafka.bootstrap_servers": args.bootstrap_servers})
+    configure_logging("WARNING", "text")
+    options = ReplayOptions(
+        args.dead_letter_topic,
+        args.to,
+        Selection(frozenset(args.error_type or ()), since),
+        args.max_records,
+        args.dry_run,
+        args.group_id or default_group(args.dead_letter_topic),
+    )
+    return replay(kafka, options, sys.stdout)
 
 
 def _demo(args: argparse.Namespace) -> int:

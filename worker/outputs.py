@@ -17,7 +17,9 @@ from worker.nli.base import Classifier, Scores
 
 log = logging.getLogger(__name__)
 
-# Headers of a dead-lettered record.
+# Headers of a dead-lettered record, all under one prefix: `zsc-worker replay`
+# strips every header with it before sending a record back.
+WORKER_HEADER_PREFIX = "zsc."
 ERROR_TYPE = "zsc.error.type"
 ERROR_MESSAGE = "zsc.error.message"
 SOURCE_TOPIC = "zsc.source.topic"

@@ -24,7 +24,7 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, KafkaException,
 from config.settings import Settings, load_settings
 from worker import errors
 from worker.control import START_TIMEOUT_S, ControlReader, topic_exists
-from worker.kafka.clients import make_control_consumer, make_control_producer, translate
+from worker.kafka.clients import make_command_producer, make_control_consumer, translate
 from worker.live_topics import InForce, LiveTopics, version_of
 
 # The stand-in entry without --config: what the record's keys are laid over to validate
@@ -176,7 +176,7 @@ def timestamp_of(record: Message) -> datetime | None:
 
 def produce_record(settings: Settings, key: bytes, value: bytes | None) -> str:
     """Produce one control record, wait for its acknowledgement, return its version."""
-    producer = make_control_producer(settings)
+    producer = make_command_producer(settings.kafka)
     reports: list[tuple[KafkaError | None, Message]] = []
     try:
         producer.produce(

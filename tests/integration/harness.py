@@ -12,6 +12,13 @@ from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ResourceType,
+)
 
 from config.settings import Settings
 from worker.app import Worker
@@ -22,6 +29,7 @@ from worker.nli.base import Classifier
 SESSION_TIMEOUT_MS = RECOMMENDED_SESSION_TIMEOUT_MS
 READ_TIMEOUT_S = 120.0
 REFERENCE_BATCH_SIZE = 32
+ADMIN_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +194,30 @@ def committed(bootstrap_servers: str, group_id: str, topic: str, partitions: int
     finally:
         consumer.close()
     return [tp.offset for tp in tps]
+
+
+def limit_record_size(admin: AdminClient, topic: str, max_bytes: int) -> None:
+    """Set the topic's max.message.bytes, and wait until the broker reports it."""
+    resource = ConfigResource(
+        ResourceType.TOPIC,
+        topic,
+        incremental_configs=[
+            ConfigEntry(
+                "max.message.bytes",
+                str(max_bytes),
+                incremental_operation=AlterConfigOpType.SET,
+            )
+        ],
+    )
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(ADMIN_TIMEOUT_S)
+    deadline = time.monotonic() + ADMIN_TIMEOUT_S
+    while True:
+        [described] = admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)]).values()
+        if described.result(ADMIN_TIMEOUT_S)["max.message.bytes"].value == str(max_bytes):
+            return
+        assert time.monotonic() < deadline, "the topic's max.message.bytes did not change"
+        time.sleep(0.1)
 
 
 def pipeline_scores(

@@ -31,6 +31,10 @@ class StubMessage:
     _offset: int
     _value: bytes | None
     _key: bytes | None = None
+    _headers: list[tuple[str, bytes | None]] | None = None
+    _timestamp: tuple[int, int] = (0, 0)
+    """(type, milliseconds); type 0 is TIMESTAMP_NOT_AVAILABLE."""
+    _error: KafkaError | None = None
 
     def topic(self) -> str:
         return self._topic
@@ -47,14 +51,14 @@ class StubMessage:
     def value(self) -> bytes | None:
         return self._value
 
-    def headers(self) -> None:
-        return None
+    def headers(self) -> list[tuple[str, bytes | None]] | None:
+        return self._headers
 
     def timestamp(self) -> tuple[int, int]:
-        return (0, 0)
+        return self._timestamp
 
-    def error(self) -> None:
-        return None
+    def error(self) -> KafkaError | None:
+        return self._error
 
 
 Callback = Callable[[Any, list[TopicPartition]], None]

@@ -7,13 +7,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from config.kafka import KafkaSettings
 from config.settings import Settings, load_settings
 from tests.brokers.tls import make_certificates, ssl_properties
 from worker.errors import ConfigError
 from worker.kafka.clients import (
     check_client_properties,
     consumer_config,
+    make_command_producer,
     make_producer,
+    make_replay_consumer,
     producer_config,
 )
 
@@ -68,6 +71,20 @@ def test_properties_librdkafka_refuses_are_configuration_errors(tmp_path: Path) 
         make_producer(settings)
     assert "kafka.producer" in str(raised.value)
     assert "message.timeout.ms" in str(raised.value) and "linger.ms" in str(raised.value)
+
+
+def test_replay_clients_take_kafka_properties_and_not_the_workers_own() -> None:
+    # The workers' consumer and producer sections would be refused here; they are not read.
+    kafka = KafkaSettings(consumer={"session.timeout.ms": "often"}, producer={"linger.ms": "later"})
+    make_replay_consumer(kafka, "zsc-replay.posts.dlq").close()
+    make_command_producer(kafka).flush(0)
+    refused = KafkaSettings(properties={"security.protocol": "carrier-pigeon"})
+    for make in (
+        lambda: make_replay_consumer(refused, "g"),
+        lambda: make_command_producer(refused),
+    ):
+        with pytest.raises(ConfigError, match=r"kafka\.properties .*security\.protocol"):
+            make()
 
 
 def test_a_client_key_that_does_not_open_stops_start_up_without_showing_the_password(

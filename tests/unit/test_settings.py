@@ -10,7 +10,7 @@ import pytest
 
 from config.errors import ConfigError
 from config.kafka import KafkaSettings
-from config.settings import DEFAULT_MODEL, load_settings
+from config.settings import DEFAULT_MODEL, load_kafka_settings, load_settings
 
 EXAMPLE = Path(__file__).parents[2] / "config" / "example.yaml"
 MINIMAL = """
@@ -57,6 +57,26 @@ def test_flag_beats_environment_beats_file(tmp_path: Path) -> None:
     assert settings.kafka.bootstrap_servers == "file:1"
     assert settings.batching.max_wait_ms == 7
     assert settings.model.name == "/models/x", "a flag left out does not hide the environment"
+
+
+def test_kafka_settings_alone_take_the_same_layers_and_need_no_topics(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "kafka: {bootstrap_servers: file:1, properties: {security.protocol: SSL}}\n"
+        "batching: {max_events: 0}\n",
+    )
+    kafka = load_kafka_settings(path, {"kafka.bootstrap_servers": None}, environ={})
+    assert kafka.bootstrap_servers == "file:1", "the file's other keys are not read"
+    assert kafka.properties == {"security.protocol": "SSL"}
+    environ = {"ZSC_BOOTSTRAP_SERVERS": "env:1", "ZSC_KAFKA_SASL_PASSWORD": "pw"}
+    kafka = load_kafka_settings(path, environ=environ)
+    assert kafka.bootstrap_servers == "env:1"
+    assert kafka.properties["sasl.password"] != "pw", "secrets stay wrapped"
+    flagged = load_kafka_settings(path, {"kafka.bootstrap_servers": "flag:1"}, environ)
+    assert flagged.bootstrap_servers == "flag:1"
+    assert load_kafka_settings(None, environ={}).bootstrap_servers == "127.0.0.1:9092"
+    with pytest.raises(ConfigError, match=r"kafka\.group_idd: Extra inputs are not permitted"):
+        load_kafka_settings(write(tmp_path, "kafka: {group_idd: x}\n"), environ={})
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from pydantic import SecretStr
 
-from config.kafka import DEFAULT_SESSION_TIMEOUT_MS, PropertyValue
+from config.kafka import DEFAULT_SESSION_TIMEOUT_MS, KafkaSettings, PropertyValue
 from config.settings import Settings
 from worker import errors
 
@@ -80,6 +80,8 @@ class DeliveryFailure(enum.Enum):
 # librdkafka's own log lines go through Python logging, not straight to stderr,
 # so JSON log formatting and levels apply to them too.
 LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
+# librdkafka's `log_level` that passes only critical lines (syslog levels, 7 = debug).
+SYSLOG_CRITICAL = 2
 
 
 def consumer_config(settings: Settings, on_error: ErrorCallback | None = None) -> dict[str, Any]:
@@ -252,27 +254,72 @@ def make_control_consumer(settings: Settings, on_error: ErrorCallback | None = N
         raise _creation_error(exc, "kafka.properties", doing) from None
 
 
-def make_control_producer(settings: Settings) -> Producer:
-    """A producer of control records (`zsc-worker topics`), never transactional.
+def make_replay_consumer(
+    kafka: KafkaSettings, group_id: str, on_error: ErrorCallback | None = None
+) -> Consumer:
+    """A consumer of a dead-letter topic for `zsc-worker replay`: assigned its partitions,
+    never a group member, its position kept as the committed offsets of `group_id`.
 
     `kafka.properties` (security, above all) apply; the workers' own
-    `kafka.producer` properties do not.
+    `kafka.consumer` properties (static membership, say) do not. `on_error` gets
+    the client's errors.
     """
     config: dict[str, Any] = {
-        "bootstrap.servers": settings.kafka.bootstrap_servers,
-        "logger": LIBRDKAFKA_LOG,
-        # A retry can neither duplicate nor reorder a control record.
+        **_command_client(kafka, on_error),
+        "group.id": group_id,
+        # The command commits once, after the deliveries, and never past a record
+        # it could not produce.
+        "enable.auto.commit": False,
+        # A group that never committed starts at the topic's beginning, and so does
+        # one whose position the topic's retention has deleted.
+        "auto.offset.reset": "earliest",
+        # Tells when a partition's end is reached even where its last offsets hold
+        # no record to hand out (transaction markers, aborted or compacted records).
+        "enable.partition.eof": True,
+    }
+    config.update(_plain(kafka.properties))
+    try:
+        return Consumer(config)
+    except KafkaException as exc:
+        raise _creation_error(exc, "kafka.properties", "cannot create the consumer") from None
+
+
+def make_command_producer(kafka: KafkaSettings, on_error: ErrorCallback | None = None) -> Producer:
+    """The producer of a one-shot command (`topics`, `replay`): idempotent, never
+    transactional.
+
+    `kafka.properties` apply; the workers' own `kafka.producer` properties
+    (tuned for their outputs, transactional under exactly-once) do not.
+    `on_error` gets the client's errors.
+    """
+    config: dict[str, Any] = {
+        **_command_client(kafka, on_error),
+        # A retry can neither duplicate nor reorder a record.
         "enable.idempotence": True,
-        # The Java clients' partitioner: a topic's records written by Kafka's own
-        # tools and by this one land in the same partition, so they keep their order.
+        # The Java clients' partitioner: records of one key written by Kafka's own
+        # tools and by these commands land in the same partition, in order.
         "partitioner": "murmur2_random",
     }
-    config.update(_plain(settings.kafka.properties))
+    config.update(_plain(kafka.properties))
     try:
         return Producer(config)
     except KafkaException as exc:
-        doing = "cannot create the control producer"
-        raise _creation_error(exc, "kafka.properties", doing) from None
+        raise _creation_error(exc, "kafka.properties", "cannot create the producer") from None
+
+
+def _command_client(kafka: KafkaSettings, on_error: ErrorCallback | None) -> dict[str, Any]:
+    """What the clients of a one-shot command share: where the brokers are, and a log that
+    leaves the client's errors to `on_error`."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "logger": LIBRDKAFKA_LOG,
+        # librdkafka logs a broker it cannot reach at every reconnect, many times a
+        # second; the command reports the error itself (on_error), once.
+        "log_level": SYSLOG_CRITICAL,
+    }
+    if on_error is not None:
+        config["error_cb"] = on_error
+    return config
 
 
 def _creation_error(exc: KafkaException, section: str, doing: str) -> errors.ZscError:

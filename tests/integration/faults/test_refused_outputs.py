@@ -14,13 +14,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from confluent_kafka.admin import (
-    AdminClient,
-    AlterConfigOpType,
-    ConfigEntry,
-    ConfigResource,
-    ResourceType,
-)
+from confluent_kafka.admin import AdminClient
 
 from tests.integration.conftest import NameFactory
 from tests.integration.faults.conftest import EventTopics, FaultRow, Recorder
@@ -33,7 +27,7 @@ from tests.integration.faults.support import (
     worker_processes,
     write_config,
 )
-from tests.integration.harness import committed
+from tests.integration.harness import committed, limit_record_size
 
 PARTITIONS = 2
 EVENTS = 200
@@ -43,7 +37,6 @@ MAX_MESSAGE_BYTES = 8192
 # Room for the record batch's framing.
 BATCH_BYTES = MAX_MESSAGE_BYTES - 1024
 LARGE_TEXT_CHARS = 12_000
-ADMIN_TIMEOUT_S = 30.0
 DRAIN_TIMEOUT_S = 60.0
 
 
@@ -56,30 +49,6 @@ def value_of(number: int) -> bytes:
     """A small event, or one whose output the topic refuses."""
     words = "word " * (LARGE_TEXT_CHARS // 5) if is_large(number) else "a small event"
     return orjson.dumps({"id": number, "text": f"Event {number}: {words}"})
-
-
-def limit_record_size(admin: AdminClient, topic: str, max_bytes: int) -> None:
-    """Set the topic's max.message.bytes, and wait until the broker reports it."""
-    resource = ConfigResource(
-        ResourceType.TOPIC,
-        topic,
-        incremental_configs=[
-            ConfigEntry(
-                "max.message.bytes",
-                str(max_bytes),
-                incremental_operation=AlterConfigOpType.SET,
-            )
-        ],
-    )
-    for future in admin.incremental_alter_configs([resource]).values():
-        future.result(ADMIN_TIMEOUT_S)
-    deadline = time.monotonic() + ADMIN_TIMEOUT_S
-    while True:
-        [described] = admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)]).values()
-        if described.result(ADMIN_TIMEOUT_S)["max.message.bytes"].value == str(max_bytes):
-            return
-        assert time.monotonic() < deadline, "the topic's max.message.bytes did not change"
-        time.sleep(0.1)
 
 
 @pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
