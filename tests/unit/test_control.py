@@ -12,6 +12,7 @@ import pytest
 from confluent_kafka import KafkaError, TopicPartition
 
 from config.topics import TopicSettings
+from tests.unit.kafka_stubs import StubMessage
 from worker import errors
 from worker.control import ControlReader, ControlTopic
 from worker.live_topics import LiveTopics
@@ -22,43 +23,17 @@ CONTROL = "control"
 TOPICS = [TopicSettings(input="posts", output="posts.out", labels=["sports", "politics"])]
 
 
-@dataclass(slots=True)
-class Record:
-    """A control record, or the end-of-partition event librdkafka hands out."""
-
-    _partition: int
-    _offset: int
-    _key: bytes | None = None
-    _value: bytes | None = None
-    eof: bool = False
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes | None:
-        return self._key
-
-    def value(self) -> bytes | None:
-        return self._value
-
-    def error(self) -> KafkaError | None:
-        return KafkaError(KafkaError._PARTITION_EOF) if self.eof else None
-
-
 @dataclass
 class ControlLog:
     """A one-partition control topic, served the way the reader's consumer serves it."""
 
-    records: list[Record] = field(default_factory=list)
+    records: list[StubMessage] = field(default_factory=list)
     exists: bool = True
     _read: int = 0
 
     def append(self, key: bytes | None, value: dict[str, object] | bytes | None) -> None:
         raw = orjson.dumps(value) if isinstance(value, dict) else value
-        self.records.append(Record(0, len(self.records), key, raw))
+        self.records.append(StubMessage(CONTROL, 0, len(self.records), raw, key))
 
     def list_topics(self, topic: str, timeout: float) -> SimpleNamespace:
         found = SimpleNamespace(error=None, partitions={0: None})
@@ -72,14 +47,17 @@ class ControlLog:
     ) -> tuple[int, int]:
         return 0, len(self.records)
 
-    def consume(self, num_messages: int, timeout: float) -> list[Record]:
+    def consume(self, num_messages: int, timeout: float) -> list[StubMessage]:
         if self._read == len(self.records):
             return []
         batch = self.records[self._read : self._read + num_messages]
         self._read += len(batch)
-        return (
-            [*batch, Record(0, self._read, eof=True)] if self._read == len(self.records) else batch
+        if self._read < len(self.records):
+            return batch
+        end = StubMessage(
+            CONTROL, 0, self._read, None, _error=KafkaError(KafkaError._PARTITION_EOF)
         )
+        return [*batch, end]
 
     def close(self) -> None:
         pass
