@@ -79,6 +79,8 @@ class Intake:
             # A text the tokenizer cannot take is that event's problem, not the worker's.
             reason = f"the text cannot be tokenized: {exc}"
             event.rejection = serde.Rejection(serde.INFERENCE_FAILED, reason)
+        if event.encoded is not None and event.encoded.chunks:
+            self._metrics.text_chunks.labels(topic).observe(len(event.encoded.chunks))
         return event
 
 

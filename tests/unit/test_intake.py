@@ -92,11 +92,12 @@ CHUNKED = Route.from_settings(
 
 
 def test_a_chunked_text_costs_the_batch_a_pair_per_chunk_and_hypothesis() -> None:
-    taker, _, _ = intake(FakeClassifier(max_length=20), CHUNKED)
+    taker, _, metrics = intake(FakeClassifier(max_length=20), CHUNKED)
     event = taker.take(record(0, orjson.dumps({"text": " ".join(["word"] * 20)})))
     assert event is not None and event.encoded is not None and event.rejection is None
     assert event.encoded.chunks == ((0, 10), (8, 18), (16, 20))
     assert batch_cost(event) == (3 * 3, 10 + 3 + 4)
+    assert metrics.text_chunks.labels(TOPIC)._sum.get() == 3
 
 
 def test_a_text_needing_more_than_max_chunks_is_rejected_with_the_reason() -> None:
