@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator, model_validator
 
 from config.model import ConfigModel
@@ -10,6 +12,12 @@ DEFAULT_TEMPLATE = "This example is {}."
 # Texts longer than this are dead-lettered: the model sees at most ~1,000 tokens
 # (a few thousand characters) anyway, and a huge text only costs tokenizer time.
 DEFAULT_MAX_TEXT_CHARS = 100_000
+# A chunk of ~400 tokens leaves room for the hypothesis within DeBERTa-v3's 512
+# tokens; 64 tokens of overlap keep a sentence cut at one edge whole in the other.
+DEFAULT_WINDOW = 400
+DEFAULT_STRIDE = 64
+# 16 chunks of 400 tokens are ~20,000 characters of English: an article, a long email.
+DEFAULT_MAX_CHUNKS = 16
 
 
 class LabelSpec(ConfigModel):
@@ -64,6 +72,50 @@ class CalibrationSettings(ConfigModel):
         return thresholds
 
 
+class LongTextSettings(ConfigModel):
+    """What happens to a text longer than the model takes beside its hypotheses."""
+
+    strategy: Literal["truncate", "chunk"] = Field(
+        "truncate",
+        description="truncate: the model sees the start only, as the pipeline does. chunk: "
+        "overlapping windows, each scored, the scores aggregated (a pair per window and "
+        "hypothesis).",
+    )
+    window: int = Field(
+        DEFAULT_WINDOW,
+        ge=2,
+        description="Premise tokens per chunk; narrowed to the room the longest hypothesis leaves.",
+    )
+    stride: int = Field(
+        DEFAULT_STRIDE,
+        ge=0,
+        description="Tokens two neighbouring chunks share: more keeps cut sentences whole, "
+        "costs more chunks.",
+    )
+    aggregate: Literal["max", "mean"] = Field(
+        "max",
+        description="A label's score over the chunks: max (its best chunk; for moderation) "
+        "or mean (the text as a whole).",
+    )
+    max_chunks: int = Field(
+        DEFAULT_MAX_CHUNKS,
+        ge=1,
+        description="Texts needing more chunks are dead-lettered (`too_many_chunks`): "
+        "bounds an event's cost.",
+    )
+
+    @model_validator(mode="after")
+    def _advances(self) -> LongTextSettings:
+        if self.stride >= self.window:
+            raise ValueError("stride must be smaller than window, or the chunks never advance")
+        return self
+
+    @property
+    def chunked(self) -> bool:
+        """Whether long texts are cut into chunks rather than truncated."""
+        return self.strategy == "chunk"
+
+
 class RouteSettings(ConfigModel):
     """Extra destination: when `label` scores `min_score` or more, or none is above `none_above`."""
 
@@ -109,6 +161,7 @@ class TopicSettings(ConfigModel):
     )
     calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
     include_logits: bool = Field(False, description="Add the raw NLI logits to the output.")
+    long_text: LongTextSettings = Field(default_factory=LongTextSettings)
     routes: list[RouteSettings] = Field(
         default_factory=list, description="Extra topics the enriched event goes to."
     )
@@ -153,6 +206,11 @@ class TopicSettings(ConfigModel):
             raise ValueError(f"calibration.thresholds name unknown labels {sorted(unknown)}")
         if unknown := {r.label for r in self.routes if r.label is not None} - known:
             raise ValueError(f"routes name unknown labels {sorted(unknown)}")
+        if self.include_logits and self.long_text.chunked:
+            raise ValueError(
+                "include_logits cannot be combined with long_text.strategy chunk: a chunked"
+                " text has logits per chunk, not one set per label"
+            )
         return self
 
 

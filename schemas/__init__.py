@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from schemas.events import SCHEMAS, Classification, InputEvent, OutputEvent, Source
+from schemas.events import SCHEMAS, Chunks, Classification, InputEvent, OutputEvent, Source
 
 SCHEMA_DIR = Path(__file__).parent
 
@@ -31,6 +31,7 @@ def write_schemas(directory: Path = SCHEMA_DIR) -> list[Path]:
 
 __all__ = [
     "SCHEMAS",
+    "Chunks",
     "Classification",
     "InputEvent",
     "OutputEvent",

@@ -7,6 +7,8 @@ files beside this module and kept equal to them by a test.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -32,6 +34,25 @@ class Source(BaseModel):
     offset: int = Field(ge=0)
 
 
+class Chunks(BaseModel):
+    """How a long text was scored in chunks (the topic's `long_text.strategy` is chunk)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    count: int = Field(ge=1, description="How many overlapping token windows were scored.")
+    aggregate: Literal["max", "mean"] = Field(
+        description="How each label's chunk scores became its score."
+    )
+    token_ranges: dict[str, tuple[int, int]] | None = Field(
+        None,
+        description="With max: for each label, the premise tokens [start, end) of the chunk"
+        " that gave its score.",
+    )
+    groups: dict[str, dict[str, tuple[int, int]]] | None = Field(
+        None, description="With max and label groups: the same for each group's labels."
+    )
+
+
 class Classification(BaseModel):
     """The scores the worker adds to an event."""
 
@@ -50,6 +71,9 @@ class Classification(BaseModel):
     )
     hypothesis_template: str
     source: Source
+    chunks: Chunks | None = Field(
+        None, description="Present when the text was too long for the model and scored in chunks."
+    )
 
 
 class OutputEvent(InputEvent):

@@ -58,6 +58,12 @@ def run_calibration(
     entry = next((t for t in settings.topics if t.input == topic), None)
     if entry is None:
         raise errors.ConfigError(f"--topic: {topic!r} is not an input topic of the config")
+    if entry.long_text.chunked:
+        # The fit needs one set of logits per label; a chunked text has one per chunk.
+        raise errors.ConfigError(
+            f"--topic: {topic!r} chunks long texts (long_text.strategy chunk); calibrate it"
+            " with strategy truncate"
+        )
     route = Route.from_settings(entry)
     labelled = read_labelled(data, route.task)
     examples = []

@@ -1,5 +1,5 @@
 """The `classification` object of an output: ranked labels and scores, what is predicted
-(thresholds, calibrated per label), label groups and raw logits."""
+(thresholds, calibrated per label), label groups, raw logits and a long text's chunks."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from worker.nli.base import Scores, Task
+from worker.nli.chunks import ChunkScores, TokenRange
 from worker.nli.labels import LabelIds
 from worker.routing import Route
 
@@ -48,6 +49,27 @@ def classification_of(
         result["groups"] = groups
     if route.include_logits:
         result["logits"] = _logits(task, scores, label_ids)
+    if scores.chunks is not None:
+        result["chunks"] = _chunks(task, scores.chunks)
+    return result
+
+
+def _chunks(task: Task, chunks: ChunkScores) -> dict[str, Any]:
+    """The chunk count and, under max, the premise tokens [start, end) each label's score came
+    from."""
+    result: dict[str, Any] = {"count": chunks.count, "aggregate": chunks.aggregate.value}
+    if not chunks.best:
+        return result
+
+    def ranges(labels: Sequence[str], best: Sequence[int]) -> dict[str, TokenRange]:
+        return {label: chunks.windows[k] for label, k in zip(labels, best, strict=True)}
+
+    result["token_ranges"] = ranges(task.labels, chunks.best)
+    if task.groups:
+        result["groups"] = {
+            group.name: ranges(group.labels, best)
+            for group, best in zip(task.groups, chunks.group_best, strict=True)
+        }
     return result
 
 

@@ -25,6 +25,10 @@ class InferenceError(ZscError):
     """Scoring a batch failed on the model."""
 
 
+class TooManyChunksError(ZscError):
+    """A text needs more chunks than its topic's `long_text.max_chunks` allows."""
+
+
 class ControlRecordError(ZscError):
     """A control-topic record that cannot change a topic's entry; the message says why."""
 

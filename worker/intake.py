@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 
 from worker import serde
+from worker.errors import TooManyChunksError
 from worker.inflight import InFlightEvent
 from worker.kafka.records import Record, headers_of
 from worker.metrics import Metrics
@@ -72,15 +73,23 @@ class Intake:
         try:
             with self._metrics.tokenization_seconds.time():
                 event.encoded = self._classifier.encode(decoded.text, task)
+        except TooManyChunksError as exc:
+            event.rejection = serde.Rejection(serde.TOO_MANY_CHUNKS, str(exc))
         except Exception as exc:
             # A text the tokenizer cannot take is that event's problem, not the worker's.
             reason = f"the text cannot be tokenized: {exc}"
             event.rejection = serde.Rejection(serde.INFERENCE_FAILED, reason)
+        if event.encoded is not None and event.encoded.chunks:
+            self._metrics.text_chunks.labels(topic).observe(len(event.encoded.chunks))
         return event
 
 
 def batch_cost(event: InFlightEvent) -> tuple[int, int]:
-    """What the event adds to a batch: its premise/hypothesis pairs and its longest pair."""
+    """What the event adds to a batch: its premise/hypothesis pairs and its longest pair.
+
+    A chunked text has a pair per chunk and hypothesis, so its chunks count
+    into the batch's token budget.
+    """
     if event.encoded is None:
         return 0, 0
     return event.encoded.pair_count, event.encoded.max_pair_tokens

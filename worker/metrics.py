@@ -24,6 +24,8 @@ EVENTS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 # text, a few hundred milliseconds.
 TOKENIZE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5)
 TOKENS_BUCKETS = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
+# A chunked text has 2 chunks (just over the model's length) up to long_text.max_chunks.
+CHUNKS_BUCKETS = (2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,14 @@ class Metrics:
             "zsc_tokenization_seconds",
             "Tokenizing one event: its text once, paired with each hypothesis.",
             buckets=TOKENIZE_BUCKETS,
+            registry=r,
+        )
+        self.text_chunks = Histogram(
+            "zsc_text_chunks",
+            "Chunks a long text was cut into (long_text.strategy chunk); texts that fit are not"
+            " counted.",
+            ["topic"],
+            buckets=CHUNKS_BUCKETS,
             registry=r,
         )
         self.inference_seconds = Histogram(

@@ -7,8 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from config.settings import Settings
-from config.topics import LabelEntry, LabelSpec, TopicSettings, label_names_of
+from config.topics import LabelEntry, LabelSpec, LongTextSettings, TopicSettings, label_names_of
 from worker.nli.base import LabelGroup, Task
+from worker.nli.chunks import Aggregate, Chunking
 
 FILE_VERSION = "file"
 """The configuration version of a topic entry as the configuration file has it."""
@@ -69,6 +70,7 @@ class Route:
                 for name, group in groups
             ),
             temperature=topic.calibration.temperature,
+            long_text=_chunking(topic.long_text),
         )
         return cls(
             input=topic.input,
@@ -97,6 +99,17 @@ class Route:
     def destinations(self, scores: Mapping[str, float]) -> list[str]:
         """The route topics whose rules match these main-label scores."""
         return [rule.topic for rule in self.rules if rule.matches(scores)]
+
+
+def _chunking(long_text: LongTextSettings) -> Chunking | None:
+    if not long_text.chunked:
+        return None
+    return Chunking(
+        window=long_text.window,
+        stride=long_text.stride,
+        aggregate=Aggregate(long_text.aggregate),
+        max_chunks=long_text.max_chunks,
+    )
 
 
 def _own_hypotheses(entries: list[LabelEntry]) -> tuple[tuple[str, str], ...]:

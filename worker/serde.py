@@ -18,6 +18,7 @@ MISSING_TEXT = "missing_text"
 INVALID_TEXT = "invalid_text"
 TEXT_TOO_LONG = "text_too_long"
 INVALID_LABELS = "invalid_labels"
+TOO_MANY_CHUNKS = "too_many_chunks"
 INFERENCE_FAILED = "inference_failed"
 OUTPUT_REJECTED = "output_rejected"
 

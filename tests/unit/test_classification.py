@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import orjson
+
 from config.topics import TopicSettings
+from schemas import Classification
 from worker.classification import classification_of
 from worker.nli.base import Scores
+from worker.nli.chunks import Aggregate, Chunking, ChunkScores
 from worker.nli.labels import LabelIds
 from worker.routing import Route
 
@@ -81,6 +85,56 @@ def test_groups_and_logits_appear_in_the_output() -> None:
     assert result["logits"]["a"] == {"entailment": [10.0, 11.0], "contradiction": [0.0, 1.0]}
     assert result["logits"]["b"] == {"entailment": [12.0, 12.0], "contradiction": [2.0, 2.0]}
     assert result["logits"]["y"]["entailment"] == [15.0, 16.0]
+
+
+def chunked_route(aggregate: str) -> Route:
+    return Route.from_settings(
+        TopicSettings(
+            input="posts",
+            output="out",
+            labels=["a", "b"],
+            label_groups={"mood": {"labels": ["x", "y"]}},
+            long_text={"strategy": "chunk", "window": 40, "stride": 8, "aggregate": aggregate},
+        )
+    )
+
+
+def test_a_chunked_topics_task_carries_its_long_text_settings() -> None:
+    assert chunked_route("mean").task.long_text == Chunking(40, 8, Aggregate.MEAN, 16)
+    assert make([0.1, 0.2, 0.7], multi_label=False)["labels"], "truncate: no chunking"
+    plain = TopicSettings(input="p", output="o", labels=["a"])
+    assert Route.from_settings(plain).task.long_text is None
+
+
+def test_with_max_the_output_names_the_chunk_that_gave_each_score() -> None:
+    route = chunked_route("max")
+    windows = ((0, 40), (32, 72), (64, 90))
+    chunks = ChunkScores(windows, Aggregate.MAX, best=(2, 0), group_best=((1, 1),))
+    scores = Scores((0.3, 0.8), groups=((0.6, 0.5),), chunks=chunks)
+    result = classification_of(
+        route, route.task, scores, model="m", label_ids=IDS, source=("posts", 0, 1)
+    )
+    assert orjson.loads(orjson.dumps(result["chunks"])) == {
+        "count": 3,
+        "aggregate": "max",
+        "token_ranges": {"a": [64, 90], "b": [0, 40]},
+        "groups": {"mood": {"x": [32, 72], "y": [32, 72]}},
+    }
+    # The documented schema of `classification.chunks` takes it (groups are outside it).
+    documented = orjson.loads(orjson.dumps(result))
+    del documented["groups"]
+    assert Classification.model_validate(documented).chunks is not None
+
+
+def test_with_mean_the_output_has_the_chunk_count_only() -> None:
+    route = chunked_route("mean")
+    chunks = ChunkScores(((0, 40), (32, 50)), Aggregate.MEAN, group_best=((),))
+    scores = Scores((0.3, 0.8), groups=((0.6, 0.4),), chunks=chunks)
+    result = classification_of(
+        route, route.task, scores, model="m", label_ids=IDS, source=("posts", 0, 1)
+    )
+    assert result["chunks"] == {"count": 2, "aggregate": "mean"}
+    assert "chunks" not in make([0.1, 0.2, 0.7], multi_label=False), "scored whole"
 
 
 def test_routes_match_by_label_score_or_when_no_label_is_high() -> None:

@@ -25,10 +25,12 @@ class UntokenizableClassifier(FakeClassifier):
         raise ValueError("no such token")
 
 
-def intake(classifier: FakeClassifier | None = None) -> tuple[Intake, OffsetTracker, Metrics]:
+def intake(
+    classifier: FakeClassifier | None = None, route: Route = ROUTE
+) -> tuple[Intake, OffsetTracker, Metrics]:
     tracker, metrics = OffsetTracker(), Metrics()
     tracker.assign((TOPIC, 0))
-    taker = Intake(Router([ROUTE]), classifier or FakeClassifier(), tracker, metrics, lambda: 7.0)
+    taker = Intake(Router([route]), classifier or FakeClassifier(), tracker, metrics, lambda: 7.0)
     return taker, tracker, metrics
 
 
@@ -75,3 +77,33 @@ def test_stale_records_are_dropped_and_counted() -> None:
     assert taker.take(record(3, orjson.dumps({"text": "x"}))) is None, "below the floor"
     assert metrics.stale_records.labels(TOPIC)._value.get() == 2
     assert tracker.in_flight() == 1
+
+
+# The fake's pairs are words: 3 for "It is {}." plus 4 special tokens leave 13 of 20.
+CHUNKED = Route.from_settings(
+    TopicSettings(
+        input=TOPIC,
+        output="out",
+        labels=["a", "b", "c"],
+        hypothesis_template="It is {}.",
+        long_text={"strategy": "chunk", "window": 10, "stride": 2, "max_chunks": 3},
+    )
+)
+
+
+def test_a_chunked_text_costs_the_batch_a_pair_per_chunk_and_hypothesis() -> None:
+    taker, _, metrics = intake(FakeClassifier(max_length=20), CHUNKED)
+    event = taker.take(record(0, orjson.dumps({"text": " ".join(["word"] * 20)})))
+    assert event is not None and event.encoded is not None and event.rejection is None
+    assert event.encoded.chunks == ((0, 10), (8, 18), (16, 20))
+    assert batch_cost(event) == (3 * 3, 10 + 3 + 4)
+    assert metrics.text_chunks.labels(TOPIC)._sum.get() == 3
+
+
+def test_a_text_needing_more_than_max_chunks_is_rejected_with_the_reason() -> None:
+    taker, _, _ = intake(FakeClassifier(max_length=20), CHUNKED)
+    event = taker.take(record(0, orjson.dumps({"text": " ".join(["word"] * 27)})))
+    assert event is not None and event.rejection is not None
+    assert event.rejection.error_type == serde.TOO_MANY_CHUNKS == "too_many_chunks"
+    assert "27 tokens: 4 chunks" in event.rejection.message
+    assert batch_cost(event) == (0, 0)

@@ -111,6 +111,27 @@ def test_bad_values_name_the_key_and_reason(
         ),
         ("{input: a, output: b, labels: [x], threshold: 2}", "topics.0.threshold", "less than"),
         ("{output: b, labels: [x]}", "topics.0.input", "Field required"),
+        (
+            "{input: a, output: b, labels: [x], long_text: {strategy: split}}",
+            "topics.0.long_text.strategy",
+            "'truncate' or 'chunk'",
+        ),
+        (
+            "{input: a, output: b, labels: [x], long_text: {window: 64, stride: 64}}",
+            "topics.0.long_text",
+            "stride must be smaller than window",
+        ),
+        (
+            "{input: a, output: b, labels: [x], long_text: {max_chunks: 0}}",
+            "topics.0.long_text.max_chunks",
+            "greater than or equal to 1",
+        ),
+        (
+            "{input: a, output: b, labels: [x], include_logits: true,"
+            " long_text: {strategy: chunk}}",
+            "topics.0",
+            "include_logits cannot be combined with long_text.strategy chunk",
+        ),
     ],
 )
 def test_bad_topics_name_the_key_and_reason(

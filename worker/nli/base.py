@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from worker.errors import InferenceError
+from worker.nli.chunks import Chunking, ChunkScores, TokenRange, aggregate
 from worker.nli.labels import LabelIds
 from worker.nli.scoring import zero_shot_scores
 
@@ -31,6 +32,8 @@ class Task:
     score is the mean of the scores each template alone gives). A label listed
     in `own_hypotheses` uses its own hypothesis instead of the templates.
     `temperature` divides the logits before every softmax (calibration).
+    `long_text` says how a text too long for the model is chunked; None
+    truncates it, as the pipeline does.
     """
 
     labels: tuple[str, ...]
@@ -39,6 +42,7 @@ class Task:
     own_hypotheses: tuple[tuple[str, str], ...] = ()
     groups: tuple[LabelGroup, ...] = ()
     temperature: float = 1.0
+    long_text: Chunking | None = None
 
     @property
     def templates(self) -> tuple[str, ...]:
@@ -88,12 +92,18 @@ class EncodedEvent:
     `pairs` is private to the classifier that made it; `pair_tokens[i]` is the
     length of the pair for `task.hypotheses()[i]`, special tokens included, as
     the model will see it (after truncation).
+
+    A text cut into chunks (see worker.nli.chunks) has a pair per chunk and
+    hypothesis, chunk after chunk: `pair_tokens[c * len(task.hypotheses()) + i]`
+    pairs chunk c (the premise tokens `chunks[c]`) with hypothesis i. `chunks`
+    is empty when the text is scored whole.
     """
 
     text: str
     task: Task
     pairs: object
     pair_tokens: tuple[int, ...]
+    chunks: tuple[TokenRange, ...] = ()
 
     @property
     def pair_count(self) -> int:
@@ -105,6 +115,29 @@ class EncodedEvent:
         """The longest of the event's pairs, which sets its padded width."""
         return max(self.pair_tokens)
 
+    def score(self, logits: npt.NDArray[np.floating], label_ids: LabelIds) -> Scores:
+        """Scores from the logits of the event's pairs (one row each, in `pair_tokens` order).
+
+        A chunked text's chunks are each scored as the task scores a whole
+        text; each label's score is then aggregated over them.
+        """
+        if not self.chunks:
+            return self.task.score(logits, label_ids)
+        assert self.task.long_text is not None
+        how = self.task.long_text.aggregate
+        parts = [self.task.score(rows, label_ids) for rows in np.split(logits, len(self.chunks))]
+        scores, best = aggregate([part.scores for part in parts], how)
+        groups = [
+            aggregate([part.groups[g] for part in parts], how) for g in range(len(self.task.groups))
+        ]
+        return Scores(
+            scores=scores,
+            groups=tuple(group_scores for group_scores, _ in groups),
+            chunks=ChunkScores(
+                self.chunks, how, best, tuple(group_best for _, group_best in groups)
+            ),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Scores:
@@ -112,12 +145,15 @@ class Scores:
 
     `scores` is aligned with `task.labels` (task order, not sorted), `groups`
     with `task.groups` (each aligned with its group's labels), and `logits`
-    holds the raw logits of each of `task.hypotheses()` (uncalibrated).
+    holds the raw logits of each of `task.hypotheses()` (uncalibrated; none
+    when the text was chunked). `chunks` says how a chunked text's scores came
+    about; None when it was scored whole.
     """
 
     scores: tuple[float, ...]
     groups: tuple[tuple[float, ...], ...] = ()
     logits: tuple[tuple[float, ...], ...] = ()
+    chunks: ChunkScores | None = None
 
 
 class Classifier(Protocol):

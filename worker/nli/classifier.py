@@ -163,7 +163,7 @@ class NLIClassifier:
         def scored(done: Sequence[int]) -> list[tuple[int, Scores]]:
             found = []
             for u in done:
-                scores = distinct[u].task.score(logits[u], self._label_ids)
+                scores = distinct[u].score(logits[u], self._label_ids)
                 found += [(n, scores) for n in indices[u]]
             return found
 

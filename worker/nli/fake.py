@@ -10,6 +10,7 @@ import numpy as np
 
 from worker.errors import InferenceError
 from worker.nli.base import EncodedEvent, Scores, Task, in_order
+from worker.nli.chunks import TokenRange, plan_chunks
 from worker.nli.labels import LabelIds
 
 # The class order of valhalla/distilbart-mnli-12-3: contradiction, neutral, entailment.
@@ -32,9 +33,12 @@ def _fake_logits(text: str, hypothesis: str) -> list[float]:
 class FakeClassifier:
     """The test double of `NLIClassifier`, for tests of everything around the model.
 
-    Scores are a stable hash of (text, hypothesis) put through the real scoring
+    Scores are a stable hash of (premise, hypothesis) put through the real scoring
     math, so they are deterministic, in [0, 1], and sum to 1 when single-label.
     `pair_tokens` counts whitespace-separated words plus a pair's special tokens.
+    `max_length` (None: no limit) is the longest pair in words: a task that
+    chunks long texts cuts a longer one into windows of words, as the real
+    one cuts tokens.
     `delay_s` makes every `classify` call take that long (a slow accelerator);
     `forward_events` cuts a call into forward passes of that many events
     (None: one pass), shortest events first as the real one orders them,
@@ -50,6 +54,7 @@ class FakeClassifier:
         delay_s: float = 0.0,
         fail_on: str | None = None,
         forward_events: int | None = None,
+        max_length: int | None = None,
     ) -> None:
         if forward_events is not None and forward_events < 1:
             raise ValueError("forward_events must be positive")
@@ -57,6 +62,7 @@ class FakeClassifier:
         self.delay_s = delay_s
         self.fail_on = fail_on
         self.forward_events = forward_events
+        self.max_length = max_length
         self.batch_sizes: list[int] = []
 
     @property
@@ -75,10 +81,18 @@ class FakeClassifier:
         return {"model": self._model_name, "architecture": "fake", "device": "none"}
 
     def encode(self, text: str, task: Task) -> EncodedEvent:
-        """Count the tokens of each pair; no tokenizer."""
-        words = len(text.split())
-        pair_tokens = tuple(words + len(h.split()) + FAKE_SPECIAL_TOKENS for h in task.hypotheses())
-        return EncodedEvent(text=text, task=task, pairs=text, pair_tokens=pair_tokens)
+        """Count the tokens of each pair (words); no tokenizer. `pairs` holds the premises."""
+        words = text.split()
+        hypotheses = [len(h.split()) for h in task.hypotheses()]
+        chunks: tuple[TokenRange, ...] = ()
+        if task.long_text is not None and self.max_length is not None:
+            room = self.max_length - FAKE_SPECIAL_TOKENS - max(hypotheses)
+            chunks = plan_chunks(len(words), room, task.long_text)
+        premises = tuple(" ".join(words[a:b]) for a, b in chunks) if chunks else (text,)
+        pair_tokens = tuple(
+            len(p.split()) + h + FAKE_SPECIAL_TOKENS for p in premises for h in hypotheses
+        )
+        return EncodedEvent(text, task, pairs=premises, pair_tokens=pair_tokens, chunks=chunks)
 
     def classify(self, events: Sequence[EncodedEvent]) -> list[Scores]:
         """Score every event from the hash of its pairs; one `Scores` per event, in order."""
@@ -101,7 +115,9 @@ class FakeClassifier:
 
 
 def _fake_scores(event: EncodedEvent) -> Scores:
+    assert isinstance(event.pairs, tuple)
+    premises: tuple[str, ...] = event.pairs
     logits = np.array(
-        [_fake_logits(event.text, h) for h in event.task.hypotheses()], dtype=np.float32
+        [_fake_logits(p, h) for p in premises for h in event.task.hypotheses()], dtype=np.float32
     )
-    return event.task.score(logits, FAKE_LABEL_IDS)
+    return event.score(logits, FAKE_LABEL_IDS)

@@ -3,7 +3,8 @@
 An event's text is tokenized once; each hypothesis once per distinct text (a
 bounded cache), and every pair is assembled with the tokenizer's own
 post-processor, so it is exactly what `tokenizer(premise, hypothesis,
-truncation="only_first")` gives.
+truncation="only_first")` gives. A text its task chunks (worker.nli.chunks)
+is cut into premise token windows first, each paired the same way.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from worker.errors import InferenceError, ModelError
 from worker.nli.base import EncodedEvent, Task
+from worker.nli.chunks import Chunking, TokenRange, plan_chunks
 
 # Tokenized hypotheses kept for reuse. A topic has a handful of labels, but
 # events may bring their own, so the cache is bounded.
@@ -118,9 +120,16 @@ class PairEncoder:
         self._eos_id = eos_id if isinstance(eos_id, int) else None
 
     def encode(self, text: str, task: Task) -> EncodedEvent:
-        """Tokenize `text` once for all of `task`'s hypotheses; cheap, no model call."""
+        """Tokenize `text` once for all of `task`'s hypotheses; cheap, no model call.
+
+        Raises `TooManyChunksError` when the task chunks long texts and this
+        one needs more than its `max_chunks`.
+        """
         premise = self._encode_text(text)
-        encodings = [self._pair(premise, self._hypothesis(h)) for h in task.hypotheses()]
+        hypotheses = [self._hypothesis(h) for h in task.hypotheses()]
+        chunks = self._chunks(len(premise), hypotheses, task.long_text)
+        premises = self._windows(premise, chunks) if chunks else [premise]
+        encodings = [self._pair(p, h) for p in premises for h in hypotheses]
         input_ids = tuple(pair.ids for pair in encodings)
         pairs = Pairs(
             input_ids=input_ids,
@@ -128,8 +137,38 @@ class PairEncoder:
             batch_keys=tuple(self._batch_key(ids) for ids in input_ids),
         )
         return EncodedEvent(
-            text=text, task=task, pairs=pairs, pair_tokens=tuple(len(ids) for ids in input_ids)
+            text=text,
+            task=task,
+            pairs=pairs,
+            pair_tokens=tuple(len(ids) for ids in input_ids),
+            chunks=chunks,
         )
+
+    def _chunks(
+        self, premise_len: int, hypotheses: list[Encoding], long_text: Chunking | None
+    ) -> tuple[TokenRange, ...]:
+        if long_text is None or self._max_length is None or not hypotheses:
+            return ()
+        longest = max(len(h) for h in hypotheses)
+        room = self._max_length - self._special_tokens - longest
+        return plan_chunks(premise_len, room, long_text)
+
+    def _windows(self, premise: Encoding, chunks: tuple[TokenRange, ...]) -> list[Encoding]:
+        """The premise cut at `chunks`, which `windows` made: each chunk its own encoding."""
+        start, end = chunks[0]
+        width = end - start
+        stride = width - chunks[1][0] if len(chunks) > 1 else 0
+        # tokenizers cuts an encoding into exactly these windows: the kept part
+        # is the first, the overflowing ones follow. Checked, not assumed.
+        copy = Encoding.merge([premise], growing_offsets=False)
+        copy.truncate(width, stride=stride, direction="right")
+        parts = [copy, *copy.overflowing]
+        ids = premise.ids
+        if len(parts) != len(chunks) or any(
+            part.ids != ids[a:b] for part, (a, b) in zip(parts, chunks, strict=False)
+        ):
+            raise InferenceError("the tokenizer cut the premise into other windows than asked")
+        return parts
 
     def _encode_text(self, text: str) -> Encoding:
         return self._tokenizer.encode(text, add_special_tokens=False)

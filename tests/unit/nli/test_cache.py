@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from worker.nli.base import Task
 from worker.nli.cache import CachingClassifier
+from worker.nli.chunks import Aggregate, Chunking
 from worker.nli.fake import FakeClassifier
 
 TASK = Task(("a", "b"), "It is {}.", False)
@@ -63,3 +64,25 @@ def test_hits_come_first_then_the_models_scores_as_it_yields_them() -> None:
     assert parts == [[1], [2], [0]]
     assert cache.classify(events)[1] == first[0]
     assert fake.batch_sizes == [1, 2], "the second call was all hits"
+
+
+def test_how_long_texts_are_scored_is_part_of_the_key() -> None:
+    fake = FakeClassifier(max_length=14)
+    cache = CachingClassifier(fake, max_entries=10, ttl_s=60)
+    text = " ".join(f"w{i}" for i in range(30))
+    chunked = {
+        how: Task(("a", "b"), "It is {}.", False, long_text=Chunking(6, 2, how, 8))
+        for how in Aggregate
+    }
+    by_max, by_mean, whole = cache.classify(
+        [
+            cache.encode(text, chunked[Aggregate.MAX]),
+            cache.encode(text, chunked[Aggregate.MEAN]),
+            cache.encode(text, TASK),
+        ]
+    )
+    assert fake.batch_sizes == [3], "three keys, three misses"
+    again = cache.classify([cache.encode(text, chunked[Aggregate.MAX])])
+    assert fake.batch_sizes == [3] and again == [by_max]
+    assert by_max.chunks is not None and by_mean.chunks is not None and whole.chunks is None
+    assert by_max.scores != by_mean.scores
