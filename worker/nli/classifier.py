@@ -30,6 +30,7 @@ from worker.nli.labels import LabelIds, resolve_label_ids
 from worker.nli.loading import load_model, resolve_device, resolve_dtype
 from worker.nli.onnx_runtime import FLOAT32, INT8, load_onnx
 from worker.nli.pairs import PairEncoder, Pairs, pairs_of
+from worker.nli.pooled import pool_last_layer
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +266,8 @@ def load_classifier(
         )
     torch_dtype = torch.float32 if int8 else resolve_dtype(dtype, torch_device)
     tokenizer, model = load_model(name, torch_device, torch_dtype)
+    # The head reads one row of the last layer: only that row is computed (see pooled).
+    pool_last_layer(model)
     if torch_device.type != "cpu" or torch_dtype != torch.float32:
         return NLIClassifier.of_model(name, tokenizer, model, max_batch_tokens)
     # float32 and int8 on a CPU run in ONNX Runtime (see worker.nli.onnx_runtime).
