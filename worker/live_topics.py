@@ -82,6 +82,8 @@ class LiveTopics:
         self, file_topics: Iterable[TopicSettings], control_topic: str, topic_exists: TopicExists
     ) -> None:
         self._file = {topic.input: topic for topic in file_topics}
+        # Topics the file writes to are known to exist (or to be the file's own to create).
+        self._file_writes = written_topics(list(self._file.values()))
         self._control_topic = control_topic
         self._in_force = {name: InForce(entry, FILE_VERSION) for name, entry in self._file.items()}
         self._topic_exists = topic_exists
@@ -119,7 +121,7 @@ class LiveTopics:
             )
         if self._control_topic in written:
             raise ControlRecordError(f"it writes to the control topic {self._control_topic!r}")
-        for name in sorted(written - written_topics(list(self._file.values()))):
+        for name in sorted(written - self._file_writes):
             if not self._topic_exists(name):
                 raise ControlRecordError(f"topic {name!r} does not exist: create it first")
         return Change(topic, entry, change)

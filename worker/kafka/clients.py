@@ -91,8 +91,7 @@ def consumer_config(settings: Settings, on_error: ErrorCallback | None = None) -
     winning over the one before; `on_error` gets the client's errors.
     """
     config: dict[str, Any] = {
-        "bootstrap.servers": settings.kafka.bootstrap_servers,
-        "logger": LIBRDKAFKA_LOG,
+        **_client_base(settings.kafka, on_error),
         "group.id": settings.kafka.group_id,
         # librdkafka prefetches up to 64 MiB by default, whatever the worker can
         # take; paused partitions stop fetching, but a slow model with a large
@@ -135,8 +134,6 @@ def consumer_config(settings: Settings, on_error: ErrorCallback | None = None) -
         # Outputs of aborted transactions must never reach the worker either,
         # when it reads a topic that another transactional worker writes.
         config["isolation.level"] = "read_committed"
-    if on_error is not None:
-        config["error_cb"] = on_error
     config.update(_plain(settings.kafka.properties))
     config.update(_plain(settings.kafka.consumer))
     return config
@@ -149,8 +146,7 @@ def producer_config(settings: Settings, on_error: ErrorCallback | None = None) -
     winning over the one before; `on_error` gets the client's errors.
     """
     config: dict[str, Any] = {
-        "bootstrap.servers": settings.kafka.bootstrap_servers,
-        "logger": LIBRDKAFKA_LOG,
+        **_client_base(settings.kafka, on_error),
         # Retries can neither duplicate nor reorder outputs within a partition.
         "enable.idempotence": True,
         # A batch's outputs are produced together; a few ms lets them share requests.
@@ -165,8 +161,6 @@ def producer_config(settings: Settings, on_error: ErrorCallback | None = None) -
         # its output partitions until the broker times it out: keep that short.
         # Transactions here last one batch's produce and commit, well under it.
         config["transaction.timeout.ms"] = TRANSACTION_TIMEOUT_MS
-    if on_error is not None:
-        config["error_cb"] = on_error
     config.update(_plain(settings.kafka.properties))
     config.update(_plain(settings.kafka.producer))
     return config
@@ -235,8 +229,7 @@ def make_control_consumer(settings: Settings, on_error: ErrorCallback | None = N
     group's own `kafka.consumer` properties do not.
     """
     config: dict[str, Any] = {
-        "bootstrap.servers": settings.kafka.bootstrap_servers,
-        "logger": LIBRDKAFKA_LOG,
+        **_client_base(settings.kafka, on_error),
         "group.id": f"{settings.kafka.group_id}.control.{uuid.uuid4().hex}",
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
@@ -244,8 +237,6 @@ def make_control_consumer(settings: Settings, on_error: ErrorCallback | None = N
         "enable.partition.eof": True,
         "isolation.level": "read_committed",
     }
-    if on_error is not None:
-        config["error_cb"] = on_error
     config.update(_plain(settings.kafka.properties))
     try:
         return Consumer(config)
@@ -307,19 +298,23 @@ def make_command_producer(kafka: KafkaSettings, on_error: ErrorCallback | None =
         raise _creation_error(exc, "kafka.properties", "cannot create the producer") from None
 
 
-def _command_client(kafka: KafkaSettings, on_error: ErrorCallback | None) -> dict[str, Any]:
-    """What the clients of a one-shot command share: where the brokers are, and a log that
-    leaves the client's errors to `on_error`."""
+def _client_base(kafka: KafkaSettings, on_error: ErrorCallback | None) -> dict[str, Any]:
+    """What every client of ours shares: where the brokers are, our logger, `on_error`."""
     config: dict[str, Any] = {
         "bootstrap.servers": kafka.bootstrap_servers,
         "logger": LIBRDKAFKA_LOG,
-        # librdkafka logs a broker it cannot reach at every reconnect, many times a
-        # second; the command reports the error itself (on_error), once.
-        "log_level": SYSLOG_CRITICAL,
     }
     if on_error is not None:
         config["error_cb"] = on_error
     return config
+
+
+def _command_client(kafka: KafkaSettings, on_error: ErrorCallback | None) -> dict[str, Any]:
+    """What the clients of a one-shot command share: the base, and a log that leaves the
+    client's errors to `on_error`."""
+    # librdkafka logs a broker it cannot reach at every reconnect, many times a
+    # second; the command reports the error itself (on_error), once.
+    return {**_client_base(kafka, on_error), "log_level": SYSLOG_CRITICAL}
 
 
 def _creation_error(exc: KafkaException, section: str, doing: str) -> errors.ZscError:
