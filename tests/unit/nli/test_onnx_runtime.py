@@ -7,6 +7,8 @@ moves them a little. Both are cached by a digest of the weights.
 from __future__ import annotations
 
 import logging
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +101,35 @@ def test_the_export_is_cached_and_reused(
     np.testing.assert_array_equal(scores(first, texts), scores(second, texts))
     # Leftovers of an export (a crash half-way) never count as the model.
     assert [p.name for p in cache.iterdir()] == [exported[0].parent.name]
+
+
+def test_exports_unused_for_30_days_are_pruned_when_one_is_written(
+    tiny_bart_dir: Path, cache: Path
+) -> None:
+    cache.mkdir(parents=True)
+    month_ago = time.time() - onnx_runtime.CACHE_MAX_IDLE_S - 60
+    stale, recent, half_written = cache / "stale", cache / "recent", cache / ".abc-half"
+    for entry in (stale, recent, half_written):
+        entry.mkdir()
+        (entry / MODEL_FILE).write_bytes(b"graph")
+    for entry in (stale, half_written):
+        os.utime(entry, (month_ago, month_ago))
+
+    load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")
+
+    assert not stale.exists() and not half_written.exists()
+    assert recent.exists()
+
+
+def test_loading_an_export_marks_it_used(tiny_bart_dir: Path, cache: Path) -> None:
+    load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")
+    (entry,) = cache.iterdir()
+    month_ago = time.time() - onnx_runtime.CACHE_MAX_IDLE_S - 60
+    os.utime(entry, (month_ago, month_ago))
+
+    load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")
+
+    assert time.time() - entry.stat().st_mtime < onnx_runtime.CACHE_MAX_IDLE_S
 
 
 def test_the_digest_follows_the_weights_a_fine_tune_changes(
