@@ -168,8 +168,18 @@ class Metrics:
         self.config_info.labels(topic, version).set(1)
 
     def model_served(self, info: Mapping[str, str]) -> None:
-        """A model serves the worker: its `zsc_model_info` series, labelled by its name."""
-        self.model.labels(info["model"]).info({k: v for k, v in info.items() if k != "model"})
+        """A model serves the worker: its `zsc_model_info` series, labelled by its name, and
+        its per-batch series, at zero until its first batch."""
+        name = info["model"]
+        self.model.labels(name).info({k: v for k, v in info.items() if k != "model"})
+        for per_batch in (
+            self.batch_size,
+            self.batch_tokens,
+            self.queue_wait_seconds,
+            self.inference_seconds,
+            self.inference_failures,
+        ):
+            per_batch.labels(name)
 
     def observe_cache_lookup(self, hit: bool) -> None:
         """Count one result cache lookup."""

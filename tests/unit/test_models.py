@@ -17,6 +17,7 @@ from tests.unit.test_loop import loop
 from worker import cli
 from worker.errors import ModelError
 from worker.inference import Completed, InferenceRunner
+from worker.metrics import Metrics
 from worker.models import Models
 from worker.nli.base import EncodedEvent, Task
 from worker.nli.fake import FakeClassifier
@@ -214,3 +215,14 @@ def test_a_worker_with_two_models_keeps_each_topics_batches_on_its_model() -> No
         )
         info = {"model": model, "architecture": "fake", "device": "none"}
         assert registry.get_sample_value("zsc_model_info", info) == 1
+
+
+def test_each_model_served_has_its_info_and_per_batch_series_from_the_start() -> None:
+    metrics = Metrics()
+    metrics.model_served({"model": "dir/a", "device": "cpu"})
+    metrics.model_served({"model": "dir/b", "device": "cuda:0"})
+    registry = metrics.registry
+    assert registry.get_sample_value("zsc_model_info", {"model": "dir/b", "device": "cuda:0"}) == 1
+    for name in ("zsc_batch_size_count", "zsc_inference_seconds_count"):
+        assert registry.get_sample_value(name, {"model": "dir/a"}) == 0
+    assert registry.get_sample_value("zsc_inference_failures_total", {"model": "dir/b"}) == 0
