@@ -75,8 +75,9 @@ class Models:
         """Load every model the topics use, each once, in the order the topics name them.
 
         `top_level`, when given, is the top-level model's classifier, already
-        loaded: it also serves a topic whose own model has its name. A model
-        that fails raises ModelError naming the key and topic that asked for it.
+        loaded: it serves every topic whose model is the top-level one, and a
+        topic whose own model has its name. A model that fails raises
+        ModelError naming the key and topic that asked for it.
         """
         classifiers: dict[str, Classifier] = {}
         if top_level is not None:
@@ -84,7 +85,8 @@ class Models:
         topics: dict[str, str] = {}
         for index, topic in enumerate(settings.topics):
             model = settings.model_of(topic)
-            name = top_level.model_name if top_level and topic.model is None else model.name
+            # The given classifier is the top-level model, whatever its name says.
+            name = top_level.model_name if top_level and model == settings.model else model.name
             if name not in classifiers:
                 key = "model" if topic.model is None else f"topics.{index}.model"
                 try:

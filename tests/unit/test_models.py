@@ -83,12 +83,18 @@ def test_topics_with_the_same_model_share_one_load_and_each_model_loads_once_in_
 
 
 def test_the_given_top_level_classifier_serves_topics_without_a_model_and_those_naming_it() -> None:
-    settings = settings_of(topic("posts"), topic("mail", "fake-nli"), topic("news", "dir/other"))
+    settings = settings_of(
+        topic("posts"),
+        topic("mail", "fake-nli"),
+        topic("news", "dir/other"),
+        topic("chat", "dir/base"),
+        model={"name": "dir/base"},
+    )
     given = FakeClassifier()
     loader = Loader()
     models = Models.load(settings, loader, None, given)
     assert [load[0] for load in loader.loads] == ["dir/other"]
-    assert models.of_topic("posts") is models.of_topic("mail") is given
+    assert models.of_topic("posts") is models.of_topic("mail") is models.of_topic("chat") is given
     assert models.names == ["fake-nli", "dir/other"]
 
 
@@ -226,3 +232,17 @@ def test_each_model_served_has_its_info_and_per_batch_series_from_the_start() ->
     for name in ("zsc_batch_size_count", "zsc_inference_seconds_count"):
         assert registry.get_sample_value(name, {"model": "dir/a"}) == 0
     assert registry.get_sample_value("zsc_inference_failures_total", {"model": "dir/b"}) == 0
+
+
+def test_calibrate_scores_a_topic_with_its_own_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"topics": [topic("posts"), topic("mail", "dir/spam")]}))
+    data = tmp_path / "labelled.jsonl"
+    lines = [orjson.dumps({"text": f"text number {i}", "label": "ab"[i % 2]}) for i in range(20)]
+    data.write_bytes(b"\n".join(lines))
+    loader = Loader()
+    argv = ["calibrate", "--config", str(config), "--topic", "mail", "--data", str(data)]
+    assert cli.main(argv, loader) == 0, capsys.readouterr().err
+    assert [load[0] for load in loader.loads] == ["dir/spam"]
