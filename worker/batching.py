@@ -131,9 +131,6 @@ class ModelBatchers(Generic[T]):
             model: MicroBatcher[T](max_events, max_tokens, max_wait_s, clock) for model in models
         }
 
-    def __len__(self) -> int:
-        return sum(len(batcher) for batcher in self._batchers.values())
-
     def add(self, model: str, item: T, pairs: int, max_pair_tokens: int) -> list[ModelBatch[T]]:
         """Add one event to its model's batch; returns the batches this closed."""
         return [(model, batch) for batch in self._batchers[model].add(item, pairs, max_pair_tokens)]

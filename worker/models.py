@@ -102,9 +102,6 @@ class Models:
     def __iter__(self) -> Iterator[Classifier]:
         return iter(self._classifiers.values())
 
-    def __len__(self) -> int:
-        return len(self._classifiers)
-
     @property
     def names(self) -> list[str]:
         """The models' names, in the order they were loaded."""
