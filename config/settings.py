@@ -6,7 +6,6 @@ Precedence, highest first: command-line flag > environment > YAML file > default
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -17,16 +16,15 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
 from config.errors import ConfigError
 from config.kafka import KafkaSettings, check_guarantee_kept
 from config.model import ConfigModel
+from config.model_settings import DEFAULT_MODEL as DEFAULT_MODEL
+from config.model_settings import ModelSettings
 from config.topics import TopicSettings, topic_loops, written_topics
-
-DEFAULT_MODEL = "valhalla/distilbart-mnli-12-3"
 
 # Each environment variable and the settings key it sets.
 ENV_KEYS: dict[str, tuple[str, ...]] = {
@@ -55,29 +53,6 @@ KAFKA_ENV_PREFIXES: dict[str, str] = {
     "ZSC_KAFKA_PRODUCER_": "producer",
     "ZSC_KAFKA_": "properties",
 }
-
-
-class ModelSettings(ConfigModel):
-    """Which NLI model scores the events, and on what hardware."""
-
-    name: str = Field(DEFAULT_MODEL, min_length=1, description="Hub id or local directory.")
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    dtype: Literal["auto", "float32", "bfloat16", "float16", "int8"] = Field(
-        "auto",
-        description=(
-            "auto: bfloat16 on CUDA (float16 without bf16), and on CPUs with AMX or "
-            "AVX512-BF16 where a start-up matmul probe finds it faster; else float32. "
-            "int8 (CPU only, opt-in): the model in ONNX Runtime with int8 weights, faster, "
-            "scores move (see Slow on a CPU)."
-        ),
-    )
-
-    @field_validator("device")
-    @classmethod
-    def _known_device(cls, value: str) -> str:
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
-            raise ValueError("must be auto, cpu, cuda or cuda:N")
-        return value
 
 
 # A GPU's bounds where the config sets none: the CPU's 64 events and 8192 tokens
@@ -165,6 +140,25 @@ class Settings(ConfigModel):
             raise ValueError(
                 f"control_topic {self.control_topic!r} is also an input or output topic"
             )
+        return self
+
+    def model_of(self, topic: TopicSettings) -> ModelSettings:
+        """The model that scores a topic's events: its own `model`, else the top-level one."""
+        return self.model if topic.model is None else topic.model.over(self.model)
+
+    @model_validator(mode="after")
+    def _one_way_per_model(self) -> Settings:
+        # Outputs and metrics name a model by its name alone, so a name loads once.
+        first: dict[str, tuple[int, ModelSettings]] = {}
+        for index, topic in enumerate(self.topics):
+            model = self.model_of(topic)
+            seen, earlier = first.setdefault(model.name, (index, model))
+            if earlier != model:
+                raise ValueError(
+                    f"topics.{index}.model: model {model.name!r} runs with device"
+                    f" {earlier.device}, dtype {earlier.dtype} for topics.{seen}; a worker runs"
+                    " a model one way only (give both topics the same device and dtype)"
+                )
         return self
 
     @model_validator(mode="after")

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from config.model import ConfigModel
+from config.model_settings import TopicModelSettings, topic_model
 
 DEFAULT_TEMPLATE = "This example is {}."
 # Texts longer than this are dead-lettered: the model sees at most ~1,000 tokens
@@ -165,8 +166,14 @@ class TopicSettings(ConfigModel):
     routes: list[RouteSettings] = Field(
         default_factory=list, description="Extra topics the enriched event goes to."
     )
+    model: TopicModelSettings | None = Field(
+        None,
+        description="This topic's own model: a hub id or directory, or {name, device, dtype}"
+        " (left out: the top-level model's); unset: the top-level `model`.",
+    )
 
     _labels_ok = field_validator("labels")(_check_labels)
+    _model_shorthand = field_validator("model", mode="before")(topic_model)
 
     @field_validator("hypothesis_template")
     @classmethod

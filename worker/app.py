@@ -22,7 +22,7 @@ from confluent_kafka import Consumer, Producer
 
 from config.settings import Settings
 from worker.activity import Activity
-from worker.batching import Batch, MicroBatcher
+from worker.batching import Batch, ModelBatchers
 from worker.connectivity import Connectivity
 from worker.control import ControlReader, ControlTopic, topic_exists
 from worker.delivery import AtLeastOnce, Delivery, ExactlyOnce
@@ -40,6 +40,7 @@ from worker.kafka.clients import (
 )
 from worker.live_topics import LiveTopics
 from worker.metrics import Health, Metrics
+from worker.models import ClassifierLoader, Models, forward_budget, load_nli_classifier
 from worker.nli.base import Classifier
 from worker.offsets import OffsetTracker, Partition
 from worker.outputs import Outputs
@@ -60,22 +61,33 @@ MAX_POLL_BLOCK_S = 0.02
 
 
 class Worker:
-    """One consumer-group member: reads the input topics and writes enriched events."""
+    """One consumer-group member: reads the input topics and writes enriched events.
+
+    `classifier` is every model the topics use, loaded (`Models.load`), or the
+    top-level model's classifier alone: then the models of topics that have
+    their own are loaded here, with `load_classifier`.
+    """
 
     def __init__(
         self,
         settings: Settings,
-        classifier: Classifier,
+        classifier: Classifier | Models,
         metrics: Metrics | None = None,
         health: Health | None = None,
         clock: Callable[[], float] = time.monotonic,
         consumer_factory: ConsumerFactory = make_consumer_unsubscribed,
         producer_factory: ProducerFactory = make_producer,
+        load_classifier: ClassifierLoader = load_nli_classifier,
     ) -> None:
         self.settings = settings
-        self.classifier = classifier
+        self.models = (
+            classifier
+            if isinstance(classifier, Models)
+            else Models.load(settings, load_classifier, forward_budget(settings), classifier)
+        )
         self.metrics = metrics or Metrics()
-        self.metrics.model.info(classifier.info)
+        for model in self.models:
+            self.metrics.model_served(model.info)
         self.health = health or Health()
         self._clock = clock
         self._make_consumer = consumer_factory
@@ -117,8 +129,12 @@ class Worker:
             )
         )
         batching = settings.batching
-        batcher: MicroBatcher[InFlightEvent] = MicroBatcher(
-            batching.max_events, batching.max_tokens, batching.max_wait_ms / 1000, clock
+        batcher: ModelBatchers[InFlightEvent] = ModelBatchers(
+            self.models.names,
+            batching.max_events,
+            batching.max_tokens,
+            batching.max_wait_ms / 1000,
+            clock,
         )
         flow = FlowControl(consumer, tracker, metrics, batching.max_events, clock)
         rebalance = Rebalance(consumer, tracker, delivery, flow, batcher, metrics, health, control)
@@ -127,11 +143,11 @@ class Worker:
             settings=settings,
             consumer=consumer,
             tracker=tracker,
-            intake=Intake(router, self.classifier, tracker, metrics, clock),
+            intake=Intake(router, self.models, tracker, metrics, clock),
             batcher=batcher,
-            runner=InferenceRunner(self.classifier, encoded, clock),
+            runner=InferenceRunner(self.models, encoded, clock),
             release=Release(in_offset_order=exactly_once),
-            outputs=Outputs(delivery, self.classifier),
+            outputs=Outputs(delivery, self.models),
             delivery=delivery,
             flow=flow,
             rebalance=rebalance,
@@ -142,6 +158,7 @@ class Worker:
             health=health,
             clock=clock,
             input_topics=router.input_topics,
+            models=self.models,
         )
 
     def _control_topic(self, router: Router, connectivity: Connectivity) -> ControlTopic:
@@ -167,7 +184,7 @@ class Loop:
     consumer: Consumer
     tracker: OffsetTracker
     intake: Intake
-    batcher: MicroBatcher[InFlightEvent]
+    batcher: ModelBatchers[InFlightEvent]
     runner: InferenceRunner[InFlightEvent]
     release: Release
     outputs: Outputs
@@ -181,6 +198,7 @@ class Loop:
     health: Health
     clock: Callable[[], float]
     input_topics: list[str]
+    models: Models
 
     def run(self, stop: threading.Event) -> None:
         """Pass after pass until `stop` is set or a stage fails for good; then shut down."""
@@ -205,8 +223,8 @@ class Loop:
         # After the records the rebalance callback came with, which the rewind discards.
         if self.rebalance.rewind_due:
             self.rebalance.rewind()
-        if (batch := self.batcher.due()) is not None:
-            self.submit(batch)
+        for model, batch in self.batcher.due():
+            self.submit(model, batch)
         # While a transaction ends, results wait (and backpressure builds up).
         if self.delivery.producing:
             self.publish(self.runner.completed())
@@ -242,16 +260,19 @@ class Loop:
             if (event := self.intake.take(message)) is None:
                 continue
             self.rebalance.read(event)
-            for batch in self.batcher.add(event, *batch_cost(event)):
-                self.submit(batch)
+            model = self.models.name_of(event.topic)
+            for closed, batch in self.batcher.add(model, event, *batch_cost(event)):
+                self.submit(closed, batch)
 
-    def submit(self, batch: Batch[InFlightEvent]) -> None:
-        """Hand a closed batch to the inference thread."""
-        self.metrics.batch_size.observe(len(batch.items))
-        self.metrics.batch_tokens.observe(batch.tokens)
-        log.debug("batch of %d events, %d padded tokens", len(batch.items), batch.tokens)
+    def submit(self, model: str, batch: Batch[InFlightEvent]) -> None:
+        """Hand a closed batch to the inference thread, for its model's queue."""
+        self.metrics.batch_size.labels(model).observe(len(batch.items))
+        self.metrics.batch_tokens.labels(model).observe(batch.tokens)
+        log.debug(
+            "batch of %d events, %d padded tokens for %s", len(batch.items), batch.tokens, model
+        )
         self.release.submitted(batch.items)
-        self.runner.submit(batch.items)
+        self.runner.submit(batch.items, model)
 
     def publish(self, parts: list[Completed[InFlightEvent]]) -> None:
         """Produce the records whose delivery failed again, then what each scored event became.
@@ -264,11 +285,12 @@ class Loop:
         self.outputs.send_again(self.delivery.take_redo())
         for completed in parts:
             if completed.last:
-                self.metrics.inference_seconds.observe(completed.seconds)
+                self.metrics.inference_seconds.labels(completed.model).observe(completed.seconds)
                 if completed.failed:
-                    self.metrics.inference_failures.inc()
+                    self.metrics.inference_failures.labels(completed.model).inc()
+            queue_wait = self.metrics.queue_wait_seconds.labels(completed.model)
             for event, outcome in zip(completed.items, completed.outcomes, strict=True):
-                self.metrics.queue_wait_seconds.observe(max(0.0, completed.started - event.read_at))
+                queue_wait.observe(max(0.0, completed.started - event.read_at))
                 for ready, result in self.release.completed(event, outcome):
                     # Revoked (or rewound) while on the model: its partition's owner redoes it.
                     if self.tracker.is_current(ready.tp, ready.epoch):
@@ -287,8 +309,8 @@ class Loop:
         deadline = self.clock() + self.settings.shutdown_timeout_s
         try:
             if self.failure() is None:
-                if (batch := self.batcher.flush()) is not None:
-                    self.submit(batch)
+                for model, batch in self.batcher.flush():
+                    self.submit(model, batch)
                 # Nothing more is read, but the consumer is still polled: waiting
                 # longer than max.poll.interval.ms would make it leave the group,
                 # and the group would refuse the final commit.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -32,6 +32,10 @@ class Batch(Generic[T]):
     def padded_with(self, pairs: int, max_pair_tokens: int) -> int:
         """The padded size if an event with these pairs joined the batch."""
         return max(self.max_pair_tokens, max_pair_tokens) * (self.pairs + pairs)
+
+
+ModelBatch = tuple[str, Batch[T]]
+"""A closed batch and the name of the model that scores it."""
 
 
 class MicroBatcher(Generic[T]):
@@ -107,3 +111,51 @@ class MicroBatcher(Generic[T]):
         if not kept:
             self._open = None
         return dropped
+
+
+class ModelBatchers(Generic[T]):
+    """A `MicroBatcher` per model, all with the same bounds: a batch never mixes models.
+
+    Each closed batch comes with the name of its model.
+    """
+
+    def __init__(
+        self,
+        models: Iterable[str],
+        max_events: int,
+        max_tokens: int,
+        max_wait_s: float,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._batchers = {
+            model: MicroBatcher[T](max_events, max_tokens, max_wait_s, clock) for model in models
+        }
+
+    def add(self, model: str, item: T, pairs: int, max_pair_tokens: int) -> list[ModelBatch[T]]:
+        """Add one event to its model's batch; returns the batches this closed."""
+        return [(model, batch) for batch in self._batchers[model].add(item, pairs, max_pair_tokens)]
+
+    def due(self) -> list[ModelBatch[T]]:
+        """Every open batch whose first event has waited `max_wait_s`, closed."""
+        return [
+            (model, batch)
+            for model, batcher in self._batchers.items()
+            if (batch := batcher.due()) is not None
+        ]
+
+    def seconds_until_due(self) -> float | None:
+        """How long until the first open batch is due; None when there is none."""
+        waits = [w for b in self._batchers.values() if (w := b.seconds_until_due()) is not None]
+        return min(waits, default=None)
+
+    def flush(self) -> list[ModelBatch[T]]:
+        """Close and return every open batch, whatever its size."""
+        return [
+            (model, batch)
+            for model, batcher in self._batchers.items()
+            if (batch := batcher.flush()) is not None
+        ]
+
+    def discard(self, keep: Callable[[T], bool]) -> int:
+        """Drop the open batches' events for which `keep` is false; returns how many."""
+        return sum(batcher.discard(keep) for batcher in self._batchers.values())

@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -22,6 +22,7 @@ from schemas import SCHEMAS, schema_documents
 from worker import errors
 from worker.classification import rank
 from worker.logs import configure_logging
+from worker.models import ClassifierLoader, load_nli_classifier
 from worker.nli.base import Classifier, Task
 
 log = logging.getLogger("worker")
@@ -47,20 +48,6 @@ Exit status: 0; 1 if a record could not be produced (or the brokers failed);
 2 for invalid arguments or configuration."""
 # Texts scored per classifier call by `classify`.
 CLASSIFY_CHUNK = 64
-
-ClassifierLoader = Callable[[str, str, str, int | None], Classifier]
-"""Loads a model as a classifier: name, device, dtype, and the padded-token budget of a
-forward pass (None: the device's default)."""
-
-
-def load_nli_classifier(
-    name: str, device: str, dtype: str, max_batch_tokens: int | None
-) -> Classifier:
-    """The real loader: a transformers NLI model (torch is imported only for commands that
-    score)."""
-    from worker.nli.classifier import load_classifier
-
-    return load_classifier(name, device, dtype, max_batch_tokens)
 
 
 def main(
@@ -286,6 +273,7 @@ def _run(args: argparse.Namespace) -> int:
     from worker.app import Worker
     from worker.kafka.clients import check_client_properties
     from worker.metrics import Health, Metrics, MetricsServer
+    from worker.models import Models, forward_budget
     from worker.nli.cache import CachingClassifier
 
     settings = load_settings(
@@ -305,14 +293,10 @@ def _run(args: argparse.Namespace) -> int:
         server.start()
     try:
         check_client_properties(settings)
-        # One token budget: a configured batching.max_tokens bounds each forward
-        # pass too; unset, both take the device's default.
-        batching = settings.batching
-        budget = batching.max_tokens if "max_tokens" in batching.model_fields_set else None
-        classifier: Classifier = args.load_classifier(
-            settings.model.name, settings.model.device, settings.model.dtype, budget
-        )
-        device_type = classifier.info["device"].split(":")[0]
+        models = Models.load(settings, args.load_classifier, forward_budget(settings))
+        # A GPU's batching bounds where every model runs on one.
+        devices = {model.info["device"].split(":")[0] for model in models}
+        device_type = devices.pop() if len(devices) == 1 else "mixed"
         if (adjusted := settings.for_device(device_type)) is not settings:
             settings = adjusted
             log.info(
@@ -323,10 +307,13 @@ def _run(args: argparse.Namespace) -> int:
             )
         cache = settings.result_cache
         if cache.max_entries:
-            classifier = CachingClassifier(
-                classifier, cache.max_entries, cache.ttl_s, metrics.observe_cache_lookup
+            # A cache per model: one model's scores are never served for another's.
+            models = models.wrapped(
+                lambda classifier: CachingClassifier(
+                    classifier, cache.max_entries, cache.ttl_s, metrics.observe_cache_lookup
+                )
             )
-        Worker(settings, classifier, metrics, health).run(stop)
+        Worker(settings, models, metrics, health).run(stop)
     finally:
         if server is not None:
             server.stop()
@@ -408,7 +395,9 @@ def _calibrate(args: argparse.Namespace) -> int:
     if not 0 < args.holdout < 1:
         raise errors.ConfigError("--holdout: give a fraction between 0 and 1")
     settings = load_settings(args.config, {"model.name": args.model})
-    model = settings.model
+    # The topic's own model where it has one (an unknown topic is refused below).
+    model = next((settings.model_of(t) for t in settings.topics if t.input == args.topic), None)
+    model = model or settings.model
     classifier = args.load_classifier(model.name, model.device, model.dtype, None)
     result = run_calibration(
         settings, args.topic, classifier, args.data, args.holdout, args.target_precision

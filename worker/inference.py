@@ -2,7 +2,8 @@
 
 A batch comes back in parts, as the classifier scores it: each part holds the
 events one forward pass of the model completed, so an event can be published
-before the rest of its batch is done.
+before the rest of its batch is done. A batch is for one model; with several,
+the models take turns on the thread (worker.scheduling).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from worker.errors import InferenceError
+from worker.models import Models
 from worker.nli.base import Classifier, EncodedEvent, Scores
+from worker.scheduling import RoundRobin
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,8 @@ class Completed(Generic[T]):
     """From `started` to this part."""
     last: bool
     failed: bool
+    model: str
+    """The model that scored the batch."""
 
 
 @dataclass(slots=True)
@@ -54,24 +59,26 @@ class _Part:
 
 
 class InferenceRunner(Generic[T]):
-    """Runs the classifier on its own thread; torch releases the GIL while it computes.
+    """Runs the classifiers on its own thread; torch releases the GIL while it computes.
 
     Items for which `encoded` gives None have nothing to score: they come back
     at once, in a part of their own. A batch the model fails on is retried one
     event at a time (those it had not completed yet), so a single bad event
-    gets its own error and every other event of the batch its scores.
+    gets its own error and every other event of the batch its scores. Each
+    model has a queue of its own, and the models take turns batch by batch
+    (see worker.scheduling).
     """
 
     def __init__(
         self,
-        classifier: Classifier,
+        classifiers: Classifier | Models,
         encoded: Callable[[T], EncodedEvent | None],
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
-        self._classifier = classifier
+        self._models = Models.of(classifiers)
         self._encoded = encoded
         self._clock = clock
-        self._inbox: queue.SimpleQueue[list[T] | None] = queue.SimpleQueue()
+        self._inbox: RoundRobin[str, list[T]] = RoundRobin()
         self._outbox: queue.SimpleQueue[Completed[T]] = queue.SimpleQueue()
         self._batches_in_flight = 0
         self._lock = threading.Lock()
@@ -81,11 +88,13 @@ class InferenceRunner(Generic[T]):
         """Start the inference thread."""
         self._thread.start()
 
-    def submit(self, items: list[T]) -> None:
-        """Queue a batch for the model."""
+    def submit(self, items: list[T], model: str | None = None) -> None:
+        """Queue a batch for `model` (None: the only model there is)."""
+        if model is None:
+            [model] = self._models.names
         with self._lock:
             self._batches_in_flight += 1
-        self._inbox.put(items)
+        self._inbox.put(model, items)
 
     @property
     def batches_in_flight(self) -> int:
@@ -109,18 +118,19 @@ class InferenceRunner(Generic[T]):
         return done
 
     def stop(self, timeout: float) -> None:
-        """Let the thread finish its queue and end; waits up to `timeout` seconds."""
-        self._inbox.put(None)
+        """Let the thread finish its queues and end; waits up to `timeout` seconds."""
+        self._inbox.close()
         self._thread.join(timeout)
 
     def _serve(self) -> None:
-        while (items := self._inbox.get()) is not None:
+        while (taken := self._inbox.take()) is not None:
+            model, items = taken
             started = self._clock()
             if not items:
-                self._outbox.put(Completed([], [], started, 0.0, last=True, failed=False))
+                self._outbox.put(Completed([], [], started, 0.0, True, False, model))
                 continue
             left = len(items)
-            for part in self._score(items):
+            for part in self._score(self._models[model], items):
                 left -= len(part.positions)
                 self._outbox.put(
                     Completed(
@@ -130,10 +140,11 @@ class InferenceRunner(Generic[T]):
                         self._clock() - started,
                         last=left == 0,
                         failed=part.failed,
+                        model=model,
                     )
                 )
 
-    def _score(self, items: Sequence[T]) -> Iterator[_Part]:
+    def _score(self, classifier: Classifier, items: Sequence[T]) -> Iterator[_Part]:
         """The batch's outcomes, part by part, as the classifier completes them."""
         encoded = [self._encoded(item) for item in items]
         if unscored := [p for p, event in enumerate(encoded) if event is None]:
@@ -144,7 +155,7 @@ class InferenceRunner(Generic[T]):
             return
         pending = dict.fromkeys(range(len(events)))
         try:
-            for scored in self._classifier.classify_progressively(events):
+            for scored in classifier.classify_progressively(events):
                 found = [(n, scores) for n, scores in scored if n in pending]
                 for n, _ in found:
                     del pending[n]
@@ -162,10 +173,11 @@ class InferenceRunner(Generic[T]):
                 yield _Part([scorable[n] for n in pending], [exc], failed=True)
                 return
             for n in pending:
-                yield _Part([scorable[n]], [self._score_one(events[n])], failed=True)
+                yield _Part([scorable[n]], [_score_one(classifier, events[n])], failed=True)
 
-    def _score_one(self, event: EncodedEvent) -> Scores | Exception:
-        try:
-            return self._classifier.classify([event])[0]
-        except Exception as exc:
-            return exc
+
+def _score_one(classifier: Classifier, event: EncodedEvent) -> Scores | Exception:
+    try:
+        return classifier.classify([event])[0]
+    except Exception as exc:
+        return exc

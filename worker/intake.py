@@ -10,6 +10,7 @@ from worker.errors import TooManyChunksError
 from worker.inflight import InFlightEvent
 from worker.kafka.records import Record, headers_of
 from worker.metrics import Metrics
+from worker.models import Models
 from worker.nli.base import Classifier, EncodedEvent
 from worker.offsets import OffsetTracker
 from worker.routing import Router
@@ -18,18 +19,22 @@ log = logging.getLogger(__name__)
 
 
 class Intake:
-    """Turns records into in-flight events; the tokenizer runs here, on the polling thread."""
+    """Turns records into in-flight events; the tokenizer runs here, on the polling thread.
+
+    Each event is tokenized by its topic's model (`classifier`: the models, or
+    one classifier for every topic).
+    """
 
     def __init__(
         self,
         router: Router,
-        classifier: Classifier,
+        classifier: Classifier | Models,
         tracker: OffsetTracker,
         metrics: Metrics,
         clock: Callable[[], float],
     ) -> None:
         self._router = router
-        self._classifier = classifier
+        self._models = Models.of(classifier)
         self._tracker = tracker
         self._metrics = metrics
         self._clock = clock
@@ -72,7 +77,7 @@ class Intake:
         task = event.route.task_for(decoded.labels)
         try:
             with self._metrics.tokenization_seconds.time():
-                event.encoded = self._classifier.encode(decoded.text, task)
+                event.encoded = self._models.of_topic(topic).encode(decoded.text, task)
         except TooManyChunksError as exc:
             event.rejection = serde.Rejection(serde.TOO_MANY_CHUNKS, str(exc))
         except Exception as exc:

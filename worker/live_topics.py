@@ -113,6 +113,11 @@ class LiveTopics:
             )
         except ValidationError as exc:
             raise ControlRecordError("; ".join(problems(exc))) from None
+        if entry.model != file_entry.model:
+            # Loading a model takes seconds to minutes and memory the worker may not have.
+            raise ControlRecordError(
+                "model cannot be changed at run time; restart with the file changed"
+            )
         written = written_topics([entry])
         if looping := sorted(written & self._file.keys()):
             raise ControlRecordError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import (
@@ -52,17 +53,23 @@ class Metrics:
             registry=r,
         )
         self.batch_size = Histogram(
-            "zsc_batch_size", "Events per classified batch.", buckets=EVENTS_BUCKETS, registry=r
+            "zsc_batch_size",
+            "Events per classified batch.",
+            ["model"],
+            buckets=EVENTS_BUCKETS,
+            registry=r,
         )
         self.batch_tokens = Histogram(
             "zsc_batch_tokens",
             "Padded premise+hypothesis tokens per batch.",
+            ["model"],
             buckets=TOKENS_BUCKETS,
             registry=r,
         )
         self.queue_wait_seconds = Histogram(
             "zsc_queue_wait_seconds",
             "From an event's read to its batch starting on the model (batching and queueing).",
+            ["model"],
             buckets=SECONDS_BUCKETS,
             registry=r,
         )
@@ -83,6 +90,7 @@ class Metrics:
         self.inference_seconds = Histogram(
             "zsc_inference_seconds",
             "Time the model took for one batch.",
+            ["model"],
             buckets=SECONDS_BUCKETS,
             registry=r,
         )
@@ -107,7 +115,10 @@ class Metrics:
             registry=r,
         )
         self.model = Info(
-            "zsc_model", "The model serving the worker: id, device, precision.", registry=r
+            "zsc_model",
+            "A model serving the worker (one series per model): id, device, precision.",
+            ["model"],
+            registry=r,
         )
         self.rebalances = Counter(
             "zsc_rebalances_total", "Partition assignment changes, by kind.", ["kind"], registry=r
@@ -120,7 +131,7 @@ class Metrics:
             registry=r,
         )
         self.inference_failures = Counter(
-            "zsc_inference_failures_total", "Batches the model failed on.", registry=r
+            "zsc_inference_failures_total", "Batches the model failed on.", ["model"], registry=r
         )
         self.config_info = Gauge(
             "zsc_config_info",
@@ -156,6 +167,20 @@ class Metrics:
             self.config_info.remove(topic, replaced)
         self.config_info.labels(topic, version).set(1)
 
+    def model_served(self, info: Mapping[str, str]) -> None:
+        """A model serves the worker: its `zsc_model_info` series, labelled by its name, and
+        its per-batch series, at zero until its first batch."""
+        name = info["model"]
+        self.model.labels(name).info({k: v for k, v in info.items() if k != "model"})
+        for per_batch in (
+            self.batch_size,
+            self.batch_tokens,
+            self.queue_wait_seconds,
+            self.inference_seconds,
+            self.inference_failures,
+        ):
+            per_batch.labels(name)
+
     def observe_cache_lookup(self, hit: bool) -> None:
         """Count one result cache lookup."""
         self.cache_lookups.labels("hit" if hit else "miss").inc()
@@ -177,7 +202,7 @@ class Health:
 
     @property
     def ready(self) -> bool:
-        """Ready once the model is loaded and the group joined, while a broker answers."""
+        """Ready once every model is loaded and the group joined, while a broker answers."""
         return (
             self.model_loaded.is_set()
             and self.group_joined.is_set()

@@ -13,7 +13,8 @@ from worker.delivery import Delivery
 from worker.inference import Outcome
 from worker.inflight import InFlightEvent, OutRecord, RecordKind
 from worker.kafka.records import Headers
-from worker.nli.base import Classifier, Scores
+from worker.models import Models
+from worker.nli.base import Scores
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +32,9 @@ class Outputs:
     """Builds each event's records and sends them; a record refused for good is replaced by
     the event's dead-letter record."""
 
-    def __init__(self, delivery: Delivery, classifier: Classifier) -> None:
+    def __init__(self, delivery: Delivery, models: Models) -> None:
         self._delivery = delivery
-        self._model_name = classifier.model_name
-        self._label_ids = classifier.label_ids
+        self._models = models
         self.failure: errors.ZscError | None = None
         """Set when a dead-letter topic refuses even a record without its value."""
 
@@ -56,12 +56,13 @@ class Outputs:
     def _output(self, event: InFlightEvent, scores: Scores) -> None:
         assert event.decoded is not None and event.encoded is not None
         route, task = event.route, event.encoded.task
+        classifier = self._models.of_topic(event.topic)
         result = classification_of(
             route,
             task,
             scores,
-            model=self._model_name,
-            label_ids=self._label_ids,
+            model=classifier.model_name,
+            label_ids=classifier.label_ids,
             source=event.source,
         )
         try:

@@ -17,7 +17,7 @@ import logging
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from worker.batching import MicroBatcher
+from worker.batching import ModelBatchers
 from worker.control import ControlTopic
 from worker.delivery import Delivery
 from worker.flow import FlowControl
@@ -38,7 +38,7 @@ class Rebalance:
         tracker: OffsetTracker,
         delivery: Delivery,
         flow: FlowControl,
-        batcher: MicroBatcher[InFlightEvent],
+        batcher: ModelBatchers[InFlightEvent],
         metrics: Metrics,
         health: Health,
         control: ControlTopic | None = None,

@@ -118,14 +118,15 @@ def test_probes_and_metrics_of_a_worker_under_traffic(
     assert sum(dead.values()) == len(bad)
     assert value(found, "zsc_events_dead_lettered_total", topic=source, reason="invalid_json") == 1
     assert value(found, "zsc_events_dead_lettered_total", topic=source, reason="invalid_text") == 2
-    assert value(found, "zsc_batch_size_count") >= 1
-    assert value(found, "zsc_batch_size_sum") == len(good) + len(bad)
-    assert value(found, "zsc_batch_tokens_sum") > 0
-    assert value(found, "zsc_inference_seconds_count") >= 1
+    model = str(tiny_bart_dir)
+    assert value(found, "zsc_batch_size_count", model=model) >= 1
+    assert value(found, "zsc_batch_size_sum", model=model) == len(good) + len(bad)
+    assert value(found, "zsc_batch_tokens_sum", model=model) > 0
+    assert value(found, "zsc_inference_seconds_count", model=model) >= 1
     assert value(found, "zsc_end_to_end_seconds_count") == len(good)
     # Every record waited for the model, rejected ones riding along; only
     # decodable events are tokenized.
-    assert value(found, "zsc_queue_wait_seconds_count") == len(good) + len(bad)
+    assert value(found, "zsc_queue_wait_seconds_count", model=model) == len(good) + len(bad)
     assert value(found, "zsc_tokenization_seconds_count") == len(good)
     assert value(found, "zsc_tokenization_seconds_sum") > 0
     assert value(found, "zsc_paused_partitions") == 0

@@ -24,12 +24,13 @@ def test_one_line_per_interval_with_the_figures_as_fields(
     clock, metrics = Clock(), Metrics()
     activity = Activity(metrics, clock, interval_s=30)
     metrics.consumed.labels("posts").inc(12)
-    for events, tokens in ((8, 1000), (4, 600)):
-        metrics.batch_size.observe(events)
-        metrics.batch_tokens.observe(tokens)
+    # Batches of two models: the line sums them.
+    for model, events, tokens in (("big", 8, 1000), ("small", 4, 600)):
+        metrics.batch_size.labels(model).observe(events)
+        metrics.batch_tokens.labels(model).observe(tokens)
     metrics.classified.labels("posts").inc(10)
     metrics.dead_lettered.labels("posts", "invalid_json").inc(2)
-    metrics.inference_seconds.observe(15)
+    metrics.inference_seconds.labels("big").observe(15)
     metrics.consumer_lag.labels("posts", "0").set(5)
     metrics.config_in_force("posts", "file")
     metrics.config_in_force("posts", "0:7", replaced="file")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.batching import MicroBatcher
+from worker.batching import MicroBatcher, ModelBatchers
 
 
 class FakeClock:
@@ -94,3 +94,19 @@ def test_discard_drops_events_of_revoked_partitions() -> None:
 def test_rejects_nonsense_bounds() -> None:
     with pytest.raises(ValueError):
         MicroBatcher(0, 10, 0.1)
+
+
+def test_batches_of_two_models_never_mix_and_each_closes_on_its_own_bounds() -> None:
+    clock = FakeClock()
+    models = ModelBatchers[str](["big", "small"], 2, 1000, 0.05, clock)
+    assert models.add("big", "b1", 2, 10) == []
+    assert models.add("small", "s1", 2, 10) == []
+    [(model, closed)] = models.add("big", "b2", 2, 10)
+    assert (model, closed.items) == ("big", ["b1", "b2"])
+    clock.now += 0.01
+    assert models.add("big", "b3", 2, 10) == []
+    assert models.seconds_until_due() == pytest.approx(0.04)
+    clock.now += 0.04
+    assert [(m, b.items) for m, b in models.due()] == [("small", ["s1"])]
+    assert models.discard(lambda item: item != "b3") == 1
+    assert models.flush() == [] and models.seconds_until_due() is None

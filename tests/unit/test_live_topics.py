@@ -128,3 +128,24 @@ def test_judging_changes_nothing() -> None:
 def test_parse_record_gives_the_topic_and_its_keys() -> None:
     assert parse_record(b"posts", b'{"labels": ["a"]}') == ("posts", {"labels": ["a"]})
     assert parse_record(b"posts", None) == ("posts", None)
+
+
+MODEL_FIXED = "model cannot be changed at run time; restart with the file changed"
+
+
+def test_a_record_may_not_change_a_topics_model_but_may_repeat_it() -> None:
+    spam = TopicSettings(input="mail", output="mail.out", labels=["spam", "ham"], model="dir/spam")
+    topics = LiveTopics([FILE_TOPICS[0], spam], "control", lambda name: name in EXISTING)
+    for key, change in [
+        (b"posts", {"model": "dir/big"}),
+        (b"mail", {"model": "dir/big"}),
+        (b"mail", {"model": {"name": "dir/spam", "dtype": "int8"}}),
+        (b"mail", {"model": None}),
+    ]:
+        with pytest.raises(ControlRecordError, match=re.escape(MODEL_FIXED)):
+            topics.apply(key, record(change), "0:1")
+    assert topics["mail"].version == "file"
+    # The file's model again, in full or as shorthand, changes no model.
+    topics.apply(b"mail", record({"model": {"name": "dir/spam"}, "labels": ["spam"]}), "0:2")
+    assert topics["mail"].entry.label_names == ["spam"]
+    assert topics["mail"].entry.model == spam.model

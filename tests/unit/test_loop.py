@@ -200,7 +200,9 @@ def one_long_then_short(count: int) -> list[bytes]:
 
 
 def inference_batches(running: Loop) -> float | None:
-    return running.worker.metrics.registry.get_sample_value("zsc_inference_seconds_count")
+    return running.worker.metrics.registry.get_sample_value(
+        "zsc_inference_seconds_count", {"model": "fake-nli"}
+    )
 
 
 def test_an_event_is_published_before_the_last_forward_pass_of_its_batch() -> None:
