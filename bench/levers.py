@@ -26,7 +26,8 @@ from worker.batching import MicroBatcher
 from worker.nli.base import EncodedEvent
 from worker.nli.budget import CPU_MAX_BATCH_TOKENS, CPU_MIN_BATCH_TOKENS
 from worker.nli.classifier import NLIClassifier, load_classifier
-from worker.nli.loading import LoadedModel, load_model
+from worker.nli.loading import LoadedModel, load_model, resolve_dtype
+from worker.nli.pooled import pool_last_layer
 
 CPU = torch.device("cpu")
 # The worker's batching defaults (config/settings.py).
@@ -79,30 +80,38 @@ def timed(variant: Variant, texts: Sequence[str], load: workload.Workload) -> fl
         torch.set_num_threads(threads)
 
 
-def variants(model_dir: str, with_compile: bool) -> list[Variant]:
-    """The default classifier first, then one variant per lever."""
+def variants(model_dir: str, dtype: torch.dtype, with_compile: bool) -> list[Variant]:
+    """The default classifier first (in torch, in `dtype`), then one variant per lever."""
 
-    def classifier(loaded: LoadedModel, **options: int) -> NLIClassifier:
-        return NLIClassifier.of_model(model_dir, loaded.tokenizer, loaded.model, **options)
+    def loaded(attention: str | None = None, pooled: bool = True) -> LoadedModel:
+        model = load_model(model_dir, CPU, dtype, attention)
+        if pooled:
+            pool_last_layer(model.model)
+        return model
 
-    sdpa = load_model(model_dir, CPU, torch.float32)
+    def classifier(model: LoadedModel, **options: int) -> NLIClassifier:
+        return NLIClassifier.of_model(model_dir, model.tokenizer, model.model, **options)
+
+    sdpa = loaded()
     default = classifier(sdpa)
     found = [
         Variant(
-            f"default: budget {CPU_MAX_BATCH_TOKENS}, padding guard from {CPU_MIN_BATCH_TOKENS}",
+            f"default: budget {CPU_MAX_BATCH_TOKENS}, padding guard from {CPU_MIN_BATCH_TOKENS}, "
+            "last decoder layer on the pooled row",
             default,
         ),
+        Variant("last decoder layer on every row", classifier(loaded(pooled=False))),
         # A guard that starts at the budget never fires: the greedy fill of before.
         Variant(
             "greedy fill, no padding guard", classifier(sdpa, min_batch_tokens=CPU_MAX_BATCH_TOKENS)
         ),
         *(Variant(f"budget {b}", classifier(sdpa, max_batch_tokens=b)) for b in BUDGETS),
         Variant("1 torch thread", default, threads=1),
-        Variant("eager attention", classifier(load_model(model_dir, CPU, torch.float32, "eager"))),
+        Variant("eager attention", classifier(loaded("eager"))),
     ]
     found.append(Variant("int8 (opt-in)", load_classifier(model_dir, "cpu", "int8")))
     if with_compile:
-        compiled = load_model(model_dir, CPU, torch.float32)
+        compiled = loaded()
         # The compiled wrapper forwards attributes (config, device) to the model.
         model = cast(PreTrainedModel, torch.compile(compiled.model, dynamic=True))
         found.append(
@@ -155,12 +164,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--compile", action="store_true", help="add torch.compile(dynamic=True)")
     parser.add_argument("--model", help="model directory (default: built and cached)")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        help="torch precision of the variants: auto (as the worker picks it), bfloat16, float32",
+    )
     args = parser.parse_args(argv)
     count, rounds = (QUICK_TEXTS, 1) if args.quick else (args.texts, args.rounds)
     model_dir = args.model or str(workload.ensure_model(workload.default_model_dir("full")))
     load = workload.fortune_workload(sample=count)
 
-    found = variants(model_dir, args.compile)
+    dtype = resolve_dtype(args.dtype, CPU)
+    found = variants(model_dir, dtype, args.compile)
     default = found[0]
     for variant in found:  # warm-up; torch.compile compiles here
         started = time.perf_counter()
@@ -181,9 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     reference = statistics.median(seconds[default.name])
     lines = [
         f"## Levers: {len(load.texts)} texts x {len(load.labels)} labels, "
-        f"median of {rounds} round(s)",
+        f"{str(dtype).removeprefix('torch.')}, median of {rounds} round(s)",
         "",
-        f"`python -m bench.levers{' --quick' if args.quick else ''}`",
+        f"`python -m bench.levers{' --quick' if args.quick else ''} --dtype {args.dtype}`",
         "",
         *(f"- {key}: {value}" for key, value in describe(CPU).items()),
         "",
