@@ -24,6 +24,7 @@ from pydantic import (
 from config.errors import ConfigError
 from config.kafka import KafkaSettings, check_guarantee_kept
 from config.model import ConfigModel
+from config.registry import SchemaRegistrySettings
 from config.topics import TopicSettings, topic_loops, written_topics
 
 DEFAULT_MODEL = "valhalla/distilbart-mnli-12-3"
@@ -44,6 +45,8 @@ ENV_KEYS: dict[str, tuple[str, ...]] = {
     "ZSC_LOG_FORMAT": ("log_format",),
     "ZSC_SHUTDOWN_TIMEOUT_S": ("shutdown_timeout_s",),
     "ZSC_CONTROL_TOPIC": ("control_topic",),
+    "ZSC_SCHEMA_REGISTRY_URL": ("schema_registry", "url"),
+    "ZSC_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": ("schema_registry", "basic_auth_user_info"),
 }
 
 # librdkafka properties from the environment: `ZSC_KAFKA_SASL_PASSWORD` sets
@@ -143,6 +146,7 @@ class Settings(ConfigModel):
         "",
         description="Compacted topic of live topic entries (`zsc-worker topics`); empty: off.",
     )
+    schema_registry: SchemaRegistrySettings = Field(default_factory=SchemaRegistrySettings)
     topics: list[TopicSettings] = Field(min_length=1)
 
     def for_device(self, device_type: str) -> Settings:
@@ -165,6 +169,18 @@ class Settings(ConfigModel):
             raise ValueError(
                 f"control_topic {self.control_topic!r} is also an input or output topic"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _registry_given(self) -> Settings:
+        if self.schema_registry.configured:
+            return self
+        for index, topic in enumerate(self.topics):
+            if topic.format != "json":
+                raise ValueError(
+                    f"topics.{index}.format: {topic.format} needs schema_registry.url"
+                    " (ZSC_SCHEMA_REGISTRY_URL): its schemas are read from the registry"
+                )
         return self
 
     @model_validator(mode="after")

@@ -111,6 +111,12 @@ class LiveTopics:
             )
         except ValidationError as exc:
             raise ControlRecordError("; ".join(problems(exc))) from None
+        if entry.format != file_entry.format:
+            raise ControlRecordError(
+                f"format cannot change at run time ({file_entry.format} in the configuration"
+                " file): records already on the topic are in that format; change the file and"
+                " restart the workers"
+            )
         written = written_topics([entry])
         if looping := sorted(written & self._file.keys()):
             raise ControlRecordError(
