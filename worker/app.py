@@ -28,6 +28,7 @@ from worker.control import ControlReader, ControlTopic, topic_exists
 from worker.delivery import AtLeastOnce, Delivery, ExactlyOnce
 from worker.errors import ZscError
 from worker.flow import READ_MAX_RECORDS, FlowControl
+from worker.formats import Formats
 from worker.inference import Completed, InferenceRunner
 from worker.inflight import InFlightEvent
 from worker.intake import Intake, batch_cost, encoded
@@ -44,6 +45,7 @@ from worker.nli.base import Classifier
 from worker.offsets import OffsetTracker, Partition
 from worker.outputs import Outputs
 from worker.rebalance import Rebalance
+from worker.registry import RegistryClientFactory, RegistryStatus, make_registry_client
 from worker.release import Release
 from worker.routing import Router
 
@@ -71,6 +73,7 @@ class Worker:
         clock: Callable[[], float] = time.monotonic,
         consumer_factory: ConsumerFactory = make_consumer_unsubscribed,
         producer_factory: ProducerFactory = make_producer,
+        registry_factory: RegistryClientFactory = make_registry_client,
     ) -> None:
         self.settings = settings
         self.classifier = classifier
@@ -80,6 +83,7 @@ class Worker:
         self._clock = clock
         self._make_consumer = consumer_factory
         self._make_producer = producer_factory
+        self._make_registry = registry_factory
         self._loop: Loop | None = None
 
     @property
@@ -103,6 +107,9 @@ class Worker:
         for route in router.routes:
             metrics.config_in_force(route.input, route.version)
         control = self._control_topic(router, connectivity) if settings.control_topic else None
+        formats = Formats.from_settings(
+            settings, RegistryStatus(health, clock), self._make_registry
+        )
         consumer = self._make_consumer(settings, connectivity.on_consumer_error)
         tracker = OffsetTracker()
 
@@ -127,7 +134,7 @@ class Worker:
             settings=settings,
             consumer=consumer,
             tracker=tracker,
-            intake=Intake(router, self.classifier, tracker, metrics, clock),
+            intake=Intake(router, self.classifier, tracker, metrics, clock, formats),
             batcher=batcher,
             runner=InferenceRunner(self.classifier, encoded, clock),
             release=Release(in_offset_order=exactly_once),
@@ -201,6 +208,8 @@ class Loop:
         self.delivery.poll()
         if self.control is not None:
             self.control.poll()
+        for event in self.intake.retry():
+            self.admit(event)
         self.read(self.flow.room())
         # After the records the rebalance callback came with, which the rewind discards.
         if self.rebalance.rewind_due:
@@ -213,7 +222,8 @@ class Loop:
         if not self.delivery.checkpoint():
             self.rebalance.rewind()
         self.delivery.prune()
-        self.flow.apply()
+        # Held records wait for the schema registry: nothing more is read meanwhile.
+        self.flow.apply(hold=self.intake.holding)
         self.flow.update_lag()
         self.activity.due()
         self.connectivity.probe(self.consumer)
@@ -239,11 +249,14 @@ class Loop:
             if (error := message.error()) is not None:
                 self.connectivity.on_consumer_error(error)
                 continue
-            if (event := self.intake.take(message)) is None:
-                continue
-            self.rebalance.read(event)
-            for batch in self.batcher.add(event, *batch_cost(event)):
-                self.submit(batch)
+            if (event := self.intake.take(message)) is not None:
+                self.admit(event)
+
+    def admit(self, event: InFlightEvent) -> None:
+        """An event read (or let through after being held) joins a batch."""
+        self.rebalance.read(event)
+        for batch in self.batcher.add(event, *batch_cost(event)):
+            self.submit(batch)
 
     def submit(self, batch: Batch[InFlightEvent]) -> None:
         """Hand a closed batch to the inference thread."""

@@ -7,11 +7,13 @@ import orjson
 from config.settings import TopicSettings
 from tests.unit.kafka_stubs import StubMessage
 from worker import serde
+from worker.formats import Formats
 from worker.intake import Intake, batch_cost
-from worker.metrics import Metrics
+from worker.metrics import Health, Metrics
 from worker.nli.base import EncodedEvent, Task
 from worker.nli.fake import FakeClassifier
 from worker.offsets import OffsetTracker
+from worker.registry import RegistryStatus
 from worker.routing import Route, Router
 
 TOPIC = "posts"
@@ -30,7 +32,10 @@ def intake(
 ) -> tuple[Intake, OffsetTracker, Metrics]:
     tracker, metrics = OffsetTracker(), Metrics()
     tracker.assign((TOPIC, 0))
-    taker = Intake(Router([route]), classifier or FakeClassifier(), tracker, metrics, lambda: 7.0)
+    formats = Formats(None, RegistryStatus(Health(), lambda: 7.0))
+    taker = Intake(
+        Router([route]), classifier or FakeClassifier(), tracker, metrics, lambda: 7.0, formats
+    )
     return taker, tracker, metrics
 
 
