@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -209,6 +210,19 @@ def _parser() -> argparse.ArgumentParser:
     produce.add_argument("--topic", required=True)
     produce.add_argument("--bootstrap-servers", default=DEFAULT_BOOTSTRAP)
     produce.add_argument("--key-field", help="use this field of each event as the record key")
+    produce.add_argument(
+        "--format",
+        choices=["json", "avro", "json_schema"],
+        default="json",
+        help="avro | json_schema: each event written with --schema in the Confluent wire format",
+    )
+    produce.add_argument("--schema", type=Path, help="the Avro or JSON Schema file (--format)")
+    produce.add_argument(
+        "--schema-registry",
+        default=os.environ.get("ZSC_SCHEMA_REGISTRY_URL"),
+        metavar="URL",
+        help="where --schema is registered, as <topic>-value (default: $ZSC_SCHEMA_REGISTRY_URL)",
+    )
     produce.set_defaults(handler=_produce)
 
     tail = commands.add_parser(
@@ -226,6 +240,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=["auto", "table", "json"],
         default="auto",
         help="auto: a table on a terminal, JSON lines otherwise",
+    )
+    tail.add_argument(
+        "--schema-registry",
+        default=os.environ.get("ZSC_SCHEMA_REGISTRY_URL"),
+        metavar="URL",
+        help="decode Avro and JSON Schema records with it (default: $ZSC_SCHEMA_REGISTRY_URL)",
     )
     tail.set_defaults(handler=_tail)
 
@@ -453,16 +473,19 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _produce(args: argparse.Namespace) -> int:
+    from worker.tool_formats import value_encoder
     from worker.tools import produce_file
 
+    encode = value_encoder(args.format, args.schema, args.schema_registry, args.topic)
     sent = produce_file(
-        args.bootstrap_servers, args.file, args.topic, args.key_field, sys.stderr.isatty()
+        args.bootstrap_servers, args.file, args.topic, args.key_field, sys.stderr.isatty(), encode
     )
     print(f"{sent} events sent to {args.topic}", file=sys.stderr)
     return 0
 
 
 def _tail(args: argparse.Namespace) -> int:
+    from worker.tool_formats import ValueDecoder
     from worker.tools import tail
 
     as_table = args.format == "table" or (args.format == "auto" and sys.stdout.isatty())
@@ -474,6 +497,7 @@ def _tail(args: argparse.Namespace) -> int:
         from_beginning=args.from_beginning,
         max_records=args.max_records,
         idle_timeout_s=args.idle_timeout,
+        decode=ValueDecoder(args.schema_registry),
     )
     return 0
 

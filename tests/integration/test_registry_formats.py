@@ -345,3 +345,38 @@ def test_run_reads_an_avro_topic_and_exits_cleanly_on_sigterm(
     assert process.returncode == 0, log.decode(errors="replace")
     assert Counter(o.topic for o in outputs) == {sink: len(records), dlq: 1}
     assert f"{sink}-value" in client.get_subjects()
+
+
+def test_produce_writes_avro_with_a_schema_file_and_tail_decodes_it(
+    bootstrap_servers: str, schema_registry: ApicurioRegistry, tmp_path: Path
+) -> None:
+    topic = f"sr-tools-{uuid.uuid4().hex[:8]}"
+    ensure_topics(bootstrap_servers, [topic])
+    schema = {
+        "type": "record",
+        "name": "Note",
+        "fields": [{"name": "id", "type": "long"}, {"name": "text", "type": "string"}],
+    }
+    (tmp_path / "note.avsc").write_text(json.dumps(schema))
+    events = [{"id": i, "text": f"note {i}"} for i in range(5)]
+    (tmp_path / "notes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    command = [sys.executable, "-m", "worker"]
+    where = ["--bootstrap-servers", bootstrap_servers, "--schema-registry", schema_registry.url]
+    produced = subprocess.run(
+        [*command, "produce", str(tmp_path / "notes.jsonl"), "--topic", topic, *where,
+         "--format", "avro", "--schema", str(tmp_path / "note.avsc")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert produced.returncode == 0, produced.stderr
+    client = SchemaRegistryClient({"url": schema_registry.url})
+    records = read(bootstrap_servers, [topic], len(events), settle_s=0)
+    assert decode_all(AvroDeserializer(client, conf=TOPIC_SUBJECT), records) == dict(
+        enumerate(events)
+    )
+    tailed = subprocess.run(
+        [*command, "tail", "--topic", topic, *where, "--from-beginning", "--max", "5",
+         "--idle-timeout", "60", "--format", "json"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert tailed.returncode == 0, tailed.stderr
+    assert sorted(json.loads(line)["id"] for line in tailed.stdout.splitlines()) == list(range(5))
