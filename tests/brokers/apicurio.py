@@ -60,6 +60,11 @@ JVM_OPTIONS: tuple[str, ...] = (
 _MARKER = ".zsc-fetched"
 
 
+def url_at(port: int) -> str:
+    """The Confluent-compatible API of a registry on a loopback port."""
+    return f"http://{LOOPBACK}:{port}{API_PATH}"
+
+
 def install_dir() -> Path:
     """Where the registry is unpacked (fetched or not)."""
     return apache_kafka.cache_root() / f"apicurio-registry-{VERSION}"
@@ -159,11 +164,16 @@ class ApicurioRegistry:
         self._port: int | None = None
 
     @property
-    def url(self) -> str:
-        """The Confluent-compatible API, for `schema_registry.url`."""
+    def port(self) -> int:
+        """The loopback port it listens on."""
         if self._port is None:
             raise BrokerError("the registry is not running")
-        return f"http://{LOOPBACK}:{self._port}{API_PATH}"
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """The Confluent-compatible API, for `schema_registry.url`."""
+        return url_at(self.port)
 
     @property
     def log_path(self) -> Path:

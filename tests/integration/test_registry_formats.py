@@ -24,7 +24,8 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.schema_registry.json_schema import JSONDeserializer, JSONSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from tests.brokers.apicurio import ApicurioRegistry
+from tests.brokers.apicurio import ApicurioRegistry, url_at
+from tests.brokers.gate import TcpGate
 from tests.integration.harness import (
     SESSION_TIMEOUT_MS,
     Output,
@@ -265,9 +266,12 @@ def test_every_kind_of_bad_record_is_dead_lettered_byte_for_byte(
             assert output.headers[ERROR_TYPE] == reasons[output.value].encode()
 
 
+@pytest.mark.parametrize("outage", ["paused", "cut off"])
 def test_a_registry_outage_mid_stream_holds_records_and_loses_nothing(
-    bootstrap_servers: str, schema_registry: ApicurioRegistry
+    bootstrap_servers: str, schema_registry: ApicurioRegistry, outage: str
 ) -> None:
+    """Paused: the registry's process stopped, requests time out. Cut off: connections
+    refused and cut, as when it is down; its schemas are still there when it is back."""
     source, sink, dlq = fresh_topics(bootstrap_servers)
     client = SchemaRegistryClient({"url": schema_registry.url})
     before = avro_serializer(client, POST)
@@ -282,23 +286,30 @@ def test_a_registry_outage_mid_stream_holds_records_and_loses_nothing(
         for i in range(10, 30)
     ]
     group = f"g-{uuid.uuid4().hex}"
+    gate = TcpGate(schema_registry.port)
     settings = make_settings(
         bootstrap_servers,
         group,
         [topic_entry(source, sink, dlq, "avro")],
-        schema_registry={"url": schema_registry.url},
+        schema_registry={"url": url_at(gate.port)},
     )
-    with running(settings, FakeClassifier()) as worker:
+    with gate, running(settings, FakeClassifier()) as worker:
         produce(bootstrap_servers, source, first)
         assert len(read(bootstrap_servers, [sink], len(first), settle_s=0)) == len(first)
-        schema_registry.pause()
+        if outage == "paused":
+            schema_registry.pause()
+        else:
+            gate.close()
         produce(bootstrap_servers, source, second)
         time.sleep(OUTAGE_S)
         # Nothing of the second part passed; nothing was committed past it.
         assert not worker.worker.health.ready
         assert len(read(bootstrap_servers, [sink, dlq], len(first), settle_s=1)) == len(first)
         assert committed(bootstrap_servers, group, source, 1) in ([len(first)], [-1001])
-        schema_registry.resume()
+        if outage == "paused":
+            schema_registry.resume()
+        else:
+            gate.open()
         outputs = read(bootstrap_servers, [sink, dlq], len(first) + len(second))
         deadline = time.monotonic() + 30
         while committed(bootstrap_servers, group, source, 1) != [len(first) + len(second)]:
