@@ -97,10 +97,11 @@ class Intake:
             return ready
         while self._held:
             event = self._held[0]
-            if self._tracker.is_current(event.tp, event.epoch) and not self._decoded(event):
+            current = self._tracker.is_current(event.tp, event.epoch)
+            if current and not self._decoded(event):
                 break
             self._held.popleft()
-            if self._tracker.is_current(event.tp, event.epoch):
+            if current:
                 ready.append(event)
         return ready
 
