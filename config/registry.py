@@ -14,6 +14,8 @@ from config.model import ConfigModel
 # the polling thread for up to 20 s.
 DEFAULT_TIMEOUT_S = 2.0
 DEFAULT_MAX_RETRIES = 0
+# Client properties holding a login whose names do not say so (see config.kafka for the rest).
+SECRET_PROPERTIES = frozenset({"basic.auth.user.info", "bearer.auth.token"})
 
 
 class SchemaRegistrySettings(ConfigModel):
@@ -61,5 +63,6 @@ class SchemaRegistrySettings(ConfigModel):
     def model_post_init(self, context: object, /) -> None:
         """Hold the values of secret client properties (`ssl.key.password`...) as secrets."""
         for name, value in list((self.model_extra or {}).items()):
-            if is_secret_property(name) and not isinstance(value, SecretStr):
+            secret = name in SECRET_PROPERTIES or is_secret_property(name)
+            if secret and not isinstance(value, SecretStr):
                 self.model_extra[name] = SecretStr(str(value))  # type: ignore[index]

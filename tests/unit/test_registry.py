@@ -139,11 +139,13 @@ def test_the_client_gets_short_timeouts_no_retries_of_its_own_and_the_secret() -
             "basic_auth_user_info": "user:s3cret",
             "ssl.key.password": "k3y",
             "ssl.ca.location": "/etc/ca.pem",
+            "bearer.auth.token": "t0ken",
         }
     )
-    assert "s3cret" not in repr(settings) and "k3y" not in repr(settings)
+    shown = repr(settings)
+    assert "s3cret" not in shown and "k3y" not in shown and "t0ken" not in shown
     config = settings.client_config()
     assert config["basic.auth.user.info"] == "user:s3cret" and config["ssl.key.password"] == "k3y"
     assert config["max.retries"] == 0 and config["timeout"] == 2.0
-    assert config["ssl.ca.location"] == "/etc/ca.pem"
+    assert config["ssl.ca.location"] == "/etc/ca.pem" and config["bearer.auth.token"] == "t0ken"
     make_registry_client(SchemaRegistrySettings(url="http://registry:8081"))
