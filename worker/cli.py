@@ -304,9 +304,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from worker.app import Worker
+    from worker.formats import needs_registry
     from worker.kafka.clients import check_client_properties
     from worker.metrics import Health, Metrics, MetricsServer
     from worker.nli.cache import CachingClassifier
+    from worker.registry import make_registry_client
 
     settings = load_settings(
         args.config,
@@ -325,6 +327,9 @@ def _run(args: argparse.Namespace) -> int:
         server.start()
     try:
         check_client_properties(settings)
+        if needs_registry(settings):
+            # Its properties judged before the model loads, as the Kafka clients' are.
+            make_registry_client(settings.schema_registry)
         # One token budget: a configured batching.max_tokens bounds each forward
         # pass too; unset, both take the device's default.
         batching = settings.batching

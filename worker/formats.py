@@ -85,6 +85,11 @@ JSON_SCHEMA = WireFormat(
 WIRE_FORMATS = {wire.name: wire for wire in (AVRO, JSON_SCHEMA)}
 
 
+def needs_registry(settings: Settings) -> bool:
+    """Whether a configured topic is in a registry format."""
+    return any(topic.format in WIRE_FORMATS for topic in settings.topics)
+
+
 class Formats:
     """Decodes each record in its topic's format; RegistryUnavailable while the registry is
     away."""
@@ -106,8 +111,8 @@ class Formats:
         make_client: RegistryClientFactory = make_registry_client,
     ) -> Formats:
         """The formats of the configured topics, with a registry client if one needs it."""
-        needed = any(topic.format in WIRE_FORMATS for topic in settings.topics)
-        return cls(make_client(settings.schema_registry) if needed else None, status)
+        client = make_client(settings.schema_registry) if needs_registry(settings) else None
+        return cls(client, status)
 
     def retry_due(self) -> bool:
         """Whether to ask the registry again now (records wait for it)."""

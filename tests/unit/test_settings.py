@@ -253,6 +253,18 @@ def test_protobuf_is_refused_at_start_up_saying_why(
     assert "topics.0.format" in stderr and "protobuf is not supported yet" in stderr
 
 
+def test_registry_client_properties_are_judged_before_the_model_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from worker import cli
+
+    registry = "schema_registry: {url: 'http://registry:8081', colour: red}\n"
+    config = write(tmp_path, registry + AVRO)
+    argv = ["run", "--config", str(config), "--model", str(tmp_path / "nothing")]
+    assert cli.main(argv) == cli.EXIT_CONFIG
+    assert "schema_registry: Unrecognized properties: colour" in capsys.readouterr().err
+
+
 def test_unreadable_or_invalid_files_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_settings(tmp_path / "missing.yaml", environ={})
