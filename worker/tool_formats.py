@@ -25,7 +25,6 @@ from worker.registry import REGISTRY_ERRORS, describe, make_registry_client, unk
 
 URL_ENV = "ZSC_SCHEMA_REGISTRY_URL"
 USER_INFO_ENV = "ZSC_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO"
-FORMATS = ("json", "avro", "json_schema")
 MAGIC_BYTE = 0
 """The first byte of a record in the Confluent wire format."""
 
@@ -61,10 +60,15 @@ def value_encoder(
         raise errors.ConfigError(f"cannot read {schema}: {exc.strerror}") from None
     client = registry_client(registry_url)
     context = SerializationContext(topic, MessageField.VALUE)
-    if fmt == "avro":
-        serializer: Any = AvroSerializer(client, Schema(text, "AVRO"), conf=SERDE_CONFIG)
-    else:
-        serializer = JSONSerializer(Schema(text, "JSON"), client, conf=SERDE_CONFIG)
+    try:
+        if fmt == "avro":
+            serializer: Any = AvroSerializer(client, Schema(text, "AVRO"), conf=SERDE_CONFIG)
+        else:
+            serializer = JSONSerializer(Schema(text, "JSON"), client, conf=SERDE_CONFIG)
+    except REGISTRY_ERRORS as exc:
+        raise errors.ZscError(f"schema registry: {describe(exc)}") from None
+    except Exception as exc:  # fastavro's and jsonschema's errors have no common base
+        raise errors.ConfigError(f"{schema}: not a valid {fmt} schema: {exc}") from None
 
     def encode(line: bytes) -> bytes:
         try:

@@ -67,6 +67,9 @@ def test_produce_options_of_the_registry_formats_are_checked_before_anything_is_
         value_encoder("json", schema, None, "notes")
     with pytest.raises(ConfigError, match="--schema-registry: give the registry's URL"):
         value_encoder("json_schema", schema, None, "notes")
+    (tmp_path / "bad.avsc").write_text('{"type": "recordd"}')
+    with pytest.raises(ConfigError, match="not a valid avro schema"):
+        value_encoder("avro", tmp_path / "bad.avsc", "http://registry:8081", "notes")
     with pytest.raises(ConfigError, match="cannot read"):
         value_encoder("avro", tmp_path / "missing.avsc", "http://registry:8081", "notes")
     assert value_encoder("json", None, None, "notes")(b'{"text": "x"}') == b'{"text": "x"}'
