@@ -25,10 +25,11 @@ fortunes:
 	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q fortunes fortunes-de >/dev/null; }; } \
 	  || echo "fortunes not installed: tests that need real texts will skip"; }
 
-# Apache Kafka's jars from Maven Central, fetched once into a cache outside the repo.
+# Apache Kafka's jars and Apicurio Registry from Maven Central, fetched once into a cache
+# outside the repo.
 kafka: $(STAMP)
-	@if command -v java >/dev/null && command -v mvn >/dev/null; then $(PY) -m tests.brokers.apache_kafka fetch; \
-	else echo "no java+mvn: integration tests use Docker or the embedded Tansu broker"; fi
+	@if command -v java >/dev/null && command -v mvn >/dev/null; then $(PY) -m tests.brokers.apache_kafka fetch && $(PY) -m tests.brokers.apicurio fetch; \
+	else echo "no java+mvn: integration tests use Docker or the embedded Tansu broker, and schema-registry tests skip"; fi
 
 test: $(STAMP) fortunes kafka
 	$(PY) -m pytest -q -rs

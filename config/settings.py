@@ -24,6 +24,7 @@ from config.kafka import KafkaSettings, check_guarantee_kept
 from config.model import ConfigModel
 from config.model_settings import DEFAULT_MODEL as DEFAULT_MODEL
 from config.model_settings import ModelSettings
+from config.registry import SchemaRegistrySettings
 from config.topics import TopicSettings, topic_loops, written_topics
 
 # Each environment variable and the settings key it sets.
@@ -42,6 +43,8 @@ ENV_KEYS: dict[str, tuple[str, ...]] = {
     "ZSC_LOG_FORMAT": ("log_format",),
     "ZSC_SHUTDOWN_TIMEOUT_S": ("shutdown_timeout_s",),
     "ZSC_CONTROL_TOPIC": ("control_topic",),
+    "ZSC_SCHEMA_REGISTRY_URL": ("schema_registry", "url"),
+    "ZSC_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": ("schema_registry", "basic_auth_user_info"),
 }
 
 # librdkafka properties from the environment: `ZSC_KAFKA_SASL_PASSWORD` sets
@@ -118,6 +121,7 @@ class Settings(ConfigModel):
         "",
         description="Compacted topic of live topic entries (`zsc-worker topics`); empty: off.",
     )
+    schema_registry: SchemaRegistrySettings = Field(default_factory=SchemaRegistrySettings)
     topics: list[TopicSettings] = Field(min_length=1)
 
     def for_device(self, device_type: str) -> Settings:
@@ -158,6 +162,18 @@ class Settings(ConfigModel):
                     f"topics.{index}.model: model {model.name!r} runs with device"
                     f" {earlier.device}, dtype {earlier.dtype} for topics.{seen}; a worker runs"
                     " a model one way only (give both topics the same device and dtype)"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _registry_given(self) -> Settings:
+        if self.schema_registry.configured:
+            return self
+        for index, topic in enumerate(self.topics):
+            if topic.format != "json":
+                raise ValueError(
+                    f"topics.{index}.format: {topic.format} needs schema_registry.url"
+                    " (ZSC_SCHEMA_REGISTRY_URL): its schemas are read from the registry"
                 )
         return self
 

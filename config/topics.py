@@ -19,6 +19,11 @@ DEFAULT_WINDOW = 400
 DEFAULT_STRIDE = 64
 # 16 chunks of 400 tokens are ~20,000 characters of English: an article, a long email.
 DEFAULT_MAX_CHUNKS = 16
+PROTOBUF_REFUSAL = (
+    "protobuf is not supported yet: its output would need a message type generated from the"
+    " input's descriptor plus a classification message, which the worker does not build, and"
+    " writing the output in another format would break its readers; use avro or json_schema"
+)
 
 
 class LabelSpec(ConfigModel):
@@ -150,6 +155,11 @@ class TopicSettings(ConfigModel):
     threshold: float = Field(
         0.5, ge=0.0, le=1.0, description="Multi-label: labels scoring at least this are predicted."
     )
+    format: Literal["json", "avro", "json_schema", "protobuf"] = Field(
+        "json",
+        description="How records are written: json (plain), or avro | json_schema in the"
+        " Confluent wire format with schema_registry; outputs are written in the same format.",
+    )
     text_field: str = Field("text", min_length=1, description="The field holding the text.")
     allow_event_labels: bool = Field(
         False, description="An event's own `labels` list wins over the topic's."
@@ -174,6 +184,13 @@ class TopicSettings(ConfigModel):
 
     _labels_ok = field_validator("labels")(_check_labels)
     _model_shorthand = field_validator("model", mode="before")(topic_model)
+
+    @field_validator("format")
+    @classmethod
+    def _supported_format(cls, value: str) -> str:
+        if value == "protobuf":
+            raise ValueError(PROTOBUF_REFUSAL)
+        return value
 
     @field_validator("hypothesis_template")
     @classmethod

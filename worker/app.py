@@ -28,6 +28,7 @@ from worker.control import ControlReader, ControlTopic, topic_exists
 from worker.delivery import AtLeastOnce, Delivery, ExactlyOnce
 from worker.errors import ZscError
 from worker.flow import READ_MAX_RECORDS, FlowControl
+from worker.formats import Formats
 from worker.inference import Completed, InferenceRunner
 from worker.inflight import InFlightEvent
 from worker.intake import Intake, batch_cost, encoded
@@ -45,6 +46,7 @@ from worker.nli.base import Classifier
 from worker.offsets import OffsetTracker, Partition
 from worker.outputs import Outputs
 from worker.rebalance import Rebalance
+from worker.registry import RegistryClientFactory, RegistryStatus, make_registry_client
 from worker.release import Release
 from worker.routing import Router
 
@@ -78,6 +80,7 @@ class Worker:
         consumer_factory: ConsumerFactory = make_consumer_unsubscribed,
         producer_factory: ProducerFactory = make_producer,
         load_classifier: ClassifierLoader = load_nli_classifier,
+        registry_factory: RegistryClientFactory = make_registry_client,
     ) -> None:
         self.settings = settings
         self.models = (
@@ -92,6 +95,7 @@ class Worker:
         self._clock = clock
         self._make_consumer = consumer_factory
         self._make_producer = producer_factory
+        self._make_registry = registry_factory
         self._loop: Loop | None = None
 
     @property
@@ -115,6 +119,9 @@ class Worker:
         for route in router.routes:
             metrics.config_in_force(route.input, route.version)
         control = self._control_topic(router, connectivity) if settings.control_topic else None
+        formats = Formats.from_settings(
+            settings, RegistryStatus(health, clock), self._make_registry
+        )
         consumer = self._make_consumer(settings, connectivity.on_consumer_error)
         tracker = OffsetTracker()
 
@@ -143,7 +150,7 @@ class Worker:
             settings=settings,
             consumer=consumer,
             tracker=tracker,
-            intake=Intake(router, self.models, tracker, metrics, clock),
+            intake=Intake(router, self.models, tracker, metrics, clock, formats),
             batcher=batcher,
             runner=InferenceRunner(self.models, encoded, clock),
             release=Release(in_offset_order=exactly_once),
@@ -219,6 +226,8 @@ class Loop:
         self.delivery.poll()
         if self.control is not None:
             self.control.poll()
+        for event in self.intake.retry():
+            self.admit(event)
         self.read(self.flow.room())
         # After the records the rebalance callback came with, which the rewind discards.
         if self.rebalance.rewind_due:
@@ -231,7 +240,8 @@ class Loop:
         if not self.delivery.checkpoint():
             self.rebalance.rewind()
         self.delivery.prune()
-        self.flow.apply()
+        # Held records wait for the schema registry: nothing more is read meanwhile.
+        self.flow.apply(hold=self.intake.holding)
         self.flow.update_lag()
         self.activity.due()
         self.connectivity.probe(self.consumer)
@@ -257,12 +267,15 @@ class Loop:
             if (error := message.error()) is not None:
                 self.connectivity.on_consumer_error(error)
                 continue
-            if (event := self.intake.take(message)) is None:
-                continue
-            self.rebalance.read(event)
-            model = self.models.name_of(event.topic)
-            for closed, batch in self.batcher.add(model, event, *batch_cost(event)):
-                self.submit(closed, batch)
+            if (event := self.intake.take(message)) is not None:
+                self.admit(event)
+
+    def admit(self, event: InFlightEvent) -> None:
+        """An event read (or let through after being held) joins its model's batch."""
+        self.rebalance.read(event)
+        model = self.models.name_of(event.topic)
+        for closed, batch in self.batcher.add(model, event, *batch_cost(event)):
+            self.submit(closed, batch)
 
     def submit(self, model: str, batch: Batch[InFlightEvent]) -> None:
         """Hand a closed batch to the inference thread, for its model's queue."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -196,6 +197,19 @@ def _parser() -> argparse.ArgumentParser:
     produce.add_argument("--topic", required=True)
     produce.add_argument("--bootstrap-servers", default=DEFAULT_BOOTSTRAP)
     produce.add_argument("--key-field", help="use this field of each event as the record key")
+    produce.add_argument(
+        "--format",
+        choices=["json", "avro", "json_schema"],
+        default="json",
+        help="avro | json_schema: each event written with --schema in the Confluent wire format",
+    )
+    produce.add_argument("--schema", type=Path, help="the Avro or JSON Schema file (--format)")
+    produce.add_argument(
+        "--schema-registry",
+        default=os.environ.get("ZSC_SCHEMA_REGISTRY_URL"),
+        metavar="URL",
+        help="where --schema is registered, as <topic>-value (default: $ZSC_SCHEMA_REGISTRY_URL)",
+    )
     produce.set_defaults(handler=_produce)
 
     tail = commands.add_parser(
@@ -213,6 +227,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=["auto", "table", "json"],
         default="auto",
         help="auto: a table on a terminal, JSON lines otherwise",
+    )
+    tail.add_argument(
+        "--schema-registry",
+        default=os.environ.get("ZSC_SCHEMA_REGISTRY_URL"),
+        metavar="URL",
+        help="decode Avro and JSON Schema records with it (default: $ZSC_SCHEMA_REGISTRY_URL)",
     )
     tail.set_defaults(handler=_tail)
 
@@ -271,10 +291,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from worker.app import Worker
+    from worker.formats import needs_registry
     from worker.kafka.clients import check_client_properties
     from worker.metrics import Health, Metrics, MetricsServer
     from worker.models import Models, forward_budget
     from worker.nli.cache import CachingClassifier
+    from worker.registry import make_registry_client
 
     settings = load_settings(
         args.config,
@@ -293,6 +315,9 @@ def _run(args: argparse.Namespace) -> int:
         server.start()
     try:
         check_client_properties(settings)
+        if needs_registry(settings):
+            # Its properties judged before the models load, as the Kafka clients' are.
+            make_registry_client(settings.schema_registry)
         models = Models.load(settings, args.load_classifier, forward_budget(settings))
         # A GPU's batching bounds where every model runs on one.
         devices = {model.info["device"].split(":")[0] for model in models}
@@ -442,16 +467,19 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _produce(args: argparse.Namespace) -> int:
+    from worker.tool_formats import value_encoder
     from worker.tools import produce_file
 
+    encode = value_encoder(args.format, args.schema, args.schema_registry, args.topic)
     sent = produce_file(
-        args.bootstrap_servers, args.file, args.topic, args.key_field, sys.stderr.isatty()
+        args.bootstrap_servers, args.file, args.topic, args.key_field, sys.stderr.isatty(), encode
     )
     print(f"{sent} events sent to {args.topic}", file=sys.stderr)
     return 0
 
 
 def _tail(args: argparse.Namespace) -> int:
+    from worker.tool_formats import ValueDecoder
     from worker.tools import tail
 
     as_table = args.format == "table" or (args.format == "auto" and sys.stdout.isatty())
@@ -463,6 +491,7 @@ def _tail(args: argparse.Namespace) -> int:
         from_beginning=args.from_beginning,
         max_records=args.max_records,
         idle_timeout_s=args.idle_timeout,
+        decode=ValueDecoder(args.schema_registry),
     )
     return 0
 

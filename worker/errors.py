@@ -33,6 +33,14 @@ class ControlRecordError(ZscError):
     """A control-topic record that cannot change a topic's entry; the message says why."""
 
 
+class RegistryUnavailable(ZscError):
+    """The schema registry cannot be reached (or fails on its side): an outage, not bad input."""
+
+
+class OutputSchemaError(ZscError):
+    """An input schema the output schema cannot be derived from; the message says why."""
+
+
 class BrokerError(ZscError):
     """An embedded or test broker could not be provisioned or started."""
 

@@ -62,13 +62,14 @@ class FlowControl:
             with contextlib.suppress(KeyError):
                 self._metrics.consumer_lag.remove(topic, str(partition))
 
-    def apply(self) -> None:
-        """Pause every assigned partition while too many events are in flight."""
+    def apply(self, hold: bool = False) -> None:
+        """Pause every assigned partition while too many events are in flight, or while `hold`
+        (records wait for the schema registry)."""
         in_flight = self._tracker.in_flight()
-        if not self._paused and in_flight >= self._max_in_flight:
+        if not self._paused and (hold or in_flight >= self._max_in_flight):
             self._paused = True
             self._metrics.paused.set(1)
-        elif self._paused and in_flight <= self._max_in_flight // 2:
+        elif self._paused and not hold and in_flight <= self._max_in_flight // 2:
             self._paused = False
             self._metrics.paused.set(0)
         assignment = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 
 from worker import serde
-from worker.errors import TooManyChunksError
+from worker.errors import RegistryUnavailable, TooManyChunksError
+from worker.formats import Formats
 from worker.inflight import InFlightEvent
 from worker.kafka.records import Record, headers_of
 from worker.metrics import Metrics
@@ -23,6 +25,11 @@ class Intake:
 
     Each event is tokenized by its topic's model (`classifier`: the models, or
     one classifier for every topic).
+
+    While the schema registry cannot be reached, a record that needs it is held,
+    with every record read after it (nothing overtakes a held record), and
+    decoded again once the registry answers (`retry`). Held records stay in
+    flight: nothing is committed past them, and the loop stops reading meanwhile.
     """
 
     def __init__(
@@ -32,15 +39,24 @@ class Intake:
         tracker: OffsetTracker,
         metrics: Metrics,
         clock: Callable[[], float],
+        formats: Formats,
     ) -> None:
         self._router = router
         self._models = Models.of(classifier)
         self._tracker = tracker
         self._metrics = metrics
         self._clock = clock
+        self._formats = formats
+        self._held: deque[InFlightEvent] = deque()
+
+    @property
+    def holding(self) -> bool:
+        """Whether records wait for the schema registry."""
+        return bool(self._held)
 
     def take(self, message: Record) -> InFlightEvent | None:
-        """The record as an event in flight; None for a stale record, which is dropped.
+        """The record as an event in flight; None for a stale record, which is dropped, and
+        for a held one (see `retry`).
 
         A record is stale when its partition has no live assignment here, or it
         lies below what the assignment already read (fetched before a rebalance
@@ -69,15 +85,45 @@ class Intake:
             self._router.route(topic),
             self._clock(),
         )
-        decoded = serde.decode_event(event.value, event.route)
+        if self._held or not self._decoded(event):
+            self._held.append(event)
+            return None
+        return event
+
+    def retry(self) -> list[InFlightEvent]:
+        """The held records the registry lets through now, in the order they were read.
+
+        Only once it is time to ask the registry again; records of
+        partitions no longer owned (or rewound) since are dropped.
+        """
+        ready: list[InFlightEvent] = []
+        if not self._held or not self._formats.retry_due():
+            return ready
+        while self._held:
+            event = self._held[0]
+            current = self._tracker.is_current(event.tp, event.epoch)
+            if current and not self._decoded(event):
+                break
+            self._held.popleft()
+            if current:
+                ready.append(event)
+        return ready
+
+    def _decoded(self, event: InFlightEvent) -> bool:
+        """Decode and tokenize the event, or set its rejection; False while the registry
+        cannot be reached."""
+        try:
+            decoded = self._formats.decode(event.value, event.headers, event.route)
+        except RegistryUnavailable:
+            return False
         if isinstance(decoded, serde.Rejection):
             event.rejection = decoded
-            return event
+            return True
         event.decoded = decoded
         task = event.route.task_for(decoded.labels)
         try:
             with self._metrics.tokenization_seconds.time():
-                event.encoded = self._models.of_topic(topic).encode(decoded.text, task)
+                event.encoded = self._models.of_topic(event.topic).encode(decoded.text, task)
         except TooManyChunksError as exc:
             event.rejection = serde.Rejection(serde.TOO_MANY_CHUNKS, str(exc))
         except Exception as exc:
@@ -85,8 +131,8 @@ class Intake:
             reason = f"the text cannot be tokenized: {exc}"
             event.rejection = serde.Rejection(serde.INFERENCE_FAILED, reason)
         if event.encoded is not None and event.encoded.chunks:
-            self._metrics.text_chunks.labels(topic).observe(len(event.encoded.chunks))
-        return event
+            self._metrics.text_chunks.labels(event.topic).observe(len(event.encoded.chunks))
+        return True
 
 
 def batch_cost(event: InFlightEvent) -> tuple[int, int]:

@@ -118,6 +118,12 @@ class LiveTopics:
             raise ControlRecordError(
                 "model cannot be changed at run time; restart with the file changed"
             )
+        if entry.format != file_entry.format:
+            raise ControlRecordError(
+                f"format cannot change at run time ({file_entry.format} in the configuration"
+                " file): records already on the topic are in that format; change the file and"
+                " restart the workers"
+            )
         written = written_topics([entry])
         if looping := sorted(written & self._file.keys()):
             raise ControlRecordError(

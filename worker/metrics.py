@@ -107,7 +107,10 @@ class Metrics:
             registry=r,
         )
         self.paused = Gauge(
-            "zsc_paused", "1 while input partitions are paused for backpressure.", registry=r
+            "zsc_paused",
+            "1 while input partitions are paused: backpressure, or records waiting for the"
+            " schema registry.",
+            registry=r,
         )
         self.paused_partitions = Gauge(
             "zsc_paused_partitions",
@@ -196,18 +199,31 @@ class Health:
         self.model_loaded = threading.Event()
         self.group_joined = threading.Event()
         self.broker_reachable = threading.Event()
+        self.registry_reachable = threading.Event()
         # Reachable until a client says otherwise: before the group is joined
         # the worker is not ready anyway.
         self.broker_reachable.set()
+        self.registry_reachable.set()
 
     @property
     def ready(self) -> bool:
-        """Ready once every model is loaded and the group joined, while a broker answers."""
+        """Ready once every model is loaded and the group joined, while a broker (and the
+        schema registry, where topics need it) answers."""
         return (
             self.model_loaded.is_set()
             and self.group_joined.is_set()
             and self.broker_reachable.is_set()
+            and self.registry_reachable.is_set()
         )
+
+    def registry_down(self) -> None:
+        """The schema registry cannot be reached: not ready until `registry_up` (the registry
+        status logs it)."""
+        self.registry_reachable.clear()
+
+    def registry_up(self) -> None:
+        """The schema registry answered again."""
+        self.registry_reachable.set()
 
     def broker_down(self, reason: str) -> None:
         """No broker can be reached: not ready until `broker_up`."""

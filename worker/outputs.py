@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import logging
 
-import orjson
-
 from worker import errors, serde
 from worker.classification import classification_of
 from worker.delivery import Delivery
@@ -65,12 +63,9 @@ class Outputs:
             label_ids=classifier.label_ids,
             source=event.source,
         )
-        try:
-            value = serde.encode_output(event.decoded.body, result)
-        except orjson.JSONEncodeError as exc:
-            # orjson reads JSON nested 1024 deep but writes only 254 levels.
-            reason = f"the event cannot be written back as JSON: {exc}"
-            self._dead_letter(event, serde.Rejection(serde.INVALID_JSON, reason))
+        value = event.decoded.output(result)
+        if isinstance(value, serde.Rejection):
+            self._dead_letter(event, value)
             return
         scores_by_label = dict(zip(task.labels, scores.scores, strict=True))
         routed = route.destinations(scores_by_label)

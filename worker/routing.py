@@ -53,6 +53,8 @@ class Route:
     rules: tuple[Rule, ...] = ()
     version: str = FILE_VERSION
     """`file`, or the control record (`partition:offset`) this entry came from."""
+    format: str = "json"
+    """How the topic's records are written: json, avro or json_schema (see worker.formats)."""
 
     @classmethod
     def from_settings(cls, topic: TopicSettings, version: str = FILE_VERSION) -> Route:
@@ -88,6 +90,7 @@ class Route:
                 Rule(r.topic, r.label, r.min_score or 0.0, r.none_above) for r in topic.routes
             ),
             version=version,
+            format=topic.format,
         )
 
     def task_for(self, event_labels: tuple[str, ...] | None) -> Task:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,11 @@ INVALID_LABELS = "invalid_labels"
 TOO_MANY_CHUNKS = "too_many_chunks"
 INFERENCE_FAILED = "inference_failed"
 OUTPUT_REJECTED = "output_rejected"
+# Records of a schema-registry format (worker.formats).
+INVALID_WIRE_FORMAT = "invalid_wire_format"
+UNKNOWN_SCHEMA = "unknown_schema"
+INVALID_AVRO = "invalid_avro"
+INVALID_JSON_SCHEMA = "invalid_json_schema"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,17 +37,37 @@ class Rejection:
     message: str
 
 
+OutputWriter = Callable[[dict[str, Any], dict[str, Any]], "bytes | Rejection"]
+"""Writes an event's output value: its decoded body with the classification added, in the
+input's format; a Rejection when the output cannot be written."""
+
+
+def encode_output(body: dict[str, Any], result: dict[str, Any]) -> bytes | Rejection:
+    """The output record value as plain JSON: the input object with its classification added."""
+    try:
+        return orjson.dumps({**body, "classification": result})
+    except orjson.JSONEncodeError as exc:
+        # orjson reads JSON nested 1024 deep but writes only 254 levels.
+        return Rejection(INVALID_JSON, f"the event cannot be written back as JSON: {exc}")
+
+
 @dataclass(frozen=True, slots=True)
 class DecodedEvent:
-    """A valid input event: its JSON object, text and own labels (if any)."""
+    """A valid input event: its decoded object, text and own labels (if any), and how its
+    output is written."""
 
     body: dict[str, Any]
     text: str
     labels: tuple[str, ...] | None
+    writer: OutputWriter = encode_output
+
+    def output(self, result: dict[str, Any]) -> bytes | Rejection:
+        """The output value: this event with its classification, in the input's format."""
+        return self.writer(self.body, result)
 
 
 def decode_event(value: bytes | None, route: Route) -> DecodedEvent | Rejection:
-    """Decode and validate one record value against its topic's route."""
+    """Decode and validate one plain JSON record value against its topic's route."""
     if not value:
         return Rejection(EMPTY_VALUE, "the record has no value")
     try:
@@ -54,6 +80,13 @@ def decode_event(value: bytes | None, route: Route) -> DecodedEvent | Rejection:
         return Rejection(INVALID_JSON, f"the value is not valid JSON: {exc}")
     if not isinstance(body, dict):
         return Rejection(NOT_AN_OBJECT, f"the value is JSON {type(body).__name__}, not an object")
+    return validate_event(body, route)
+
+
+def validate_event(
+    body: dict[str, Any], route: Route, writer: OutputWriter = encode_output
+) -> DecodedEvent | Rejection:
+    """Check a decoded object's text (and own labels) against its topic's route."""
     field = route.text_field
     if field not in body:
         return Rejection(MISSING_TEXT, f"the event has no {field!r} field")
@@ -69,7 +102,7 @@ def decode_event(value: bytes | None, route: Route) -> DecodedEvent | Rejection:
         if isinstance(found := _event_labels(body["labels"]), Rejection):
             return found
         labels = found
-    return DecodedEvent(body, text, labels)
+    return DecodedEvent(body, text, labels, writer)
 
 
 def _event_labels(raw: object) -> tuple[str, ...] | Rejection:
@@ -82,8 +115,3 @@ def _event_labels(raw: object) -> tuple[str, ...] | Rejection:
     if len(set(raw)) != len(raw):
         return Rejection(INVALID_LABELS, "'labels' must be distinct")
     return tuple(raw)
-
-
-def encode_output(body: dict[str, Any], result: dict[str, Any]) -> bytes:
-    """The output record value: the input object with its classification added."""
-    return orjson.dumps({**body, "classification": result})

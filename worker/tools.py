@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import orjson
 from confluent_kafka import Consumer, KafkaException, Producer
@@ -17,6 +17,7 @@ from worker import errors
 from worker.kafka.clients import translate
 from worker.kafka.records import AnyHeaders
 from worker.outputs import ERROR_TYPE
+from worker.tool_formats import MAGIC_BYTE, ValueDecoder, ValueEncoder, json_line
 
 TEXT_WIDTH = 58
 TOPIC_WIDTH = 22
@@ -36,7 +37,16 @@ class ResultRow:
 
     @classmethod
     def from_record(cls, topic: str, value: bytes | None, headers: AnyHeaders | None) -> ResultRow:
-        """Summarise an enriched event (its top labels) or a dead-letter (its reason)."""
+        """Summarise a plain JSON record: an enriched event or a dead-letter."""
+        try:
+            event = orjson.loads(value or b"")
+        except orjson.JSONDecodeError:
+            event = None
+        return cls.from_event(topic, event, headers)
+
+    @classmethod
+    def from_event(cls, topic: str, event: Any, headers: AnyHeaders | None) -> ResultRow:
+        """Summarise a decoded enriched event (its top labels) or a dead-letter (its reason)."""
         found = dict(headers or {})
         if ERROR_TYPE in found:
             reason = found[ERROR_TYPE] or ""
@@ -46,7 +56,6 @@ class ResultRow:
                 reason.decode(errors="replace") if isinstance(reason, bytes) else reason,
             )
         try:
-            event = orjson.loads(value or b"")
             result = event["classification"]
             labels, scores = result["labels"][:TOP_LABELS], result["scores"][:TOP_LABELS]
             summary = ", ".join(f"{lbl} {s:.2f}" for lbl, s in zip(labels, scores, strict=True))
@@ -54,7 +63,7 @@ class ResultRow:
             text = event.get("text")
             if not isinstance(text, str):
                 text = next((v for v in event.values() if isinstance(v, str)), "")
-        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        except (KeyError, TypeError, AttributeError):
             return cls(topic, "(not an enriched event)", "")
         return cls(topic, text, summary)
 
@@ -103,8 +112,10 @@ def produce_file(
     topic: str,
     key_field: str | None,
     progress: bool,
+    encode: ValueEncoder,
 ) -> int:
-    """Send every event of a JSON-lines file to `topic`; returns how many were acknowledged."""
+    """Send every event of a JSON-lines file to `topic`, each value as `encode` writes it;
+    returns how many were acknowledged."""
     producer = Producer({"bootstrap.servers": bootstrap_servers, "enable.idempotence": True})
     failures: list[str] = []
     acknowledged = 0
@@ -118,8 +129,9 @@ def produce_file(
 
     total = sum(1 for _ in read_events(path))
     with tqdm(total=total, unit="event", disable=not progress, desc=topic) as bar:
-        for value in read_events(path):
-            key = _key_of(value, key_field)
+        for line in read_events(path):
+            key = _key_of(line, key_field)
+            value = encode(line)
             while True:
                 try:
                     producer.produce(topic, value, key, on_delivery=delivered)
@@ -152,8 +164,12 @@ def tail(
     from_beginning: bool,
     max_records: int | None,
     idle_timeout_s: float | None,
+    decode: ValueDecoder,
 ) -> int:
     """Print records of `topics` as they arrive: a table for people, JSON lines for programs.
+
+    A record in a registry format is shown decoded (as a JSON line too); see
+    worker.tool_formats.
 
     Stops after `max_records`, after `idle_timeout_s` without a record, or on Ctrl-C.
     Returns how many records were printed.
@@ -181,11 +197,14 @@ def tail(
                 continue
             last_seen = time.monotonic()
             topic, value = message.topic() or "", message.value()
+            decoded = decode(topic, value)
             if as_table:
-                row = ResultRow.from_record(topic, value, message.headers())
+                row = ResultRow.from_event(topic, decoded, message.headers())
                 print(table_line(row), file=out, flush=True)
             else:
-                out.write((value or b"").decode("utf-8", "replace") + "\n")
+                framed = decoded is not None and value is not None and value[0] == MAGIC_BYTE
+                line = json_line(decoded) if framed else (value or b"")
+                out.write(line.decode("utf-8", "replace") + "\n")
                 out.flush()
             printed += 1
     except KeyboardInterrupt:

@@ -30,8 +30,9 @@ import pytest
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from tests.brokers import apache_kafka
+from tests.brokers import apache_kafka, apicurio
 from tests.brokers.apache_kafka import ApacheKafkaBroker
+from tests.brokers.apicurio import ApicurioRegistry
 from tests.brokers.cluster import KafkaCluster
 from worker.embedded.tansu import TansuBroker
 
@@ -147,6 +148,23 @@ def kafka_cluster(_session_cluster: KafkaCluster) -> KafkaCluster:
     """
     _session_cluster.restore()
     return _session_cluster
+
+
+@pytest.fixture(scope="session")
+def _session_registry() -> Iterator[ApicurioRegistry]:
+    """The session's schema registry, started on first use."""
+    if not apicurio.can_run():
+        pytest.skip("Apicurio Registry needs Java 17+ and `mvn` (or it fetched already)")
+    with ApicurioRegistry() as registry:
+        yield registry
+
+
+@pytest.fixture
+def schema_registry(_session_registry: ApicurioRegistry) -> Iterator[ApicurioRegistry]:
+    """An Apicurio Registry (Confluent's API at `.url`); answering again after the test, should
+    the test have paused it."""
+    yield _session_registry
+    _session_registry.resume()
 
 
 @pytest.fixture

@@ -7,11 +7,15 @@ import orjson
 from config.settings import TopicSettings
 from tests.unit.kafka_stubs import StubMessage
 from worker import serde
+from worker.errors import RegistryUnavailable
+from worker.formats import Formats
 from worker.intake import Intake, batch_cost
-from worker.metrics import Metrics
+from worker.kafka.records import Headers
+from worker.metrics import Health, Metrics
 from worker.nli.base import EncodedEvent, Task
 from worker.nli.fake import FakeClassifier
 from worker.offsets import OffsetTracker
+from worker.registry import RegistryStatus
 from worker.routing import Route, Router
 
 TOPIC = "posts"
@@ -25,12 +29,33 @@ class UntokenizableClassifier(FakeClassifier):
         raise ValueError("no such token")
 
 
+class FlakyRegistry(Formats):
+    """Records whose value starts with a zero byte need the registry, which is away while
+    `down`; the rest of the value is plain JSON."""
+
+    def __init__(self) -> None:
+        super().__init__(None, RegistryStatus(Health(), lambda: 7.0))
+        self.down = True
+
+    def decode(
+        self, value: bytes | None, headers: Headers | None, route: Route
+    ) -> serde.DecodedEvent | serde.Rejection:
+        if value is not None and value.startswith(b"\x00"):
+            if self.down:
+                raise RegistryUnavailable("no answer")
+            value = value[1:]
+        return super().decode(value, headers, route)
+
+
 def intake(
-    classifier: FakeClassifier | None = None, route: Route = ROUTE
+    classifier: FakeClassifier | None = None, route: Route = ROUTE, formats: Formats | None = None
 ) -> tuple[Intake, OffsetTracker, Metrics]:
     tracker, metrics = OffsetTracker(), Metrics()
     tracker.assign((TOPIC, 0))
-    taker = Intake(Router([route]), classifier or FakeClassifier(), tracker, metrics, lambda: 7.0)
+    formats = formats or Formats(None, RegistryStatus(Health(), lambda: 7.0))
+    taker = Intake(
+        Router([route]), classifier or FakeClassifier(), tracker, metrics, lambda: 7.0, formats
+    )
     return taker, tracker, metrics
 
 
@@ -77,6 +102,32 @@ def test_stale_records_are_dropped_and_counted() -> None:
     assert taker.take(record(3, orjson.dumps({"text": "x"}))) is None, "below the floor"
     assert metrics.stale_records.labels(TOPIC)._value.get() == 2
     assert tracker.in_flight() == 1
+
+
+def test_records_wait_behind_one_the_registry_cannot_decode_yet_and_follow_it_in_order() -> None:
+    registry = FlakyRegistry()
+    taker, tracker, _ = intake(formats=registry)
+    assert taker.take(record(0, b"\x00" + orjson.dumps({"text": "needs the registry"}))) is None
+    assert taker.take(record(1, orjson.dumps({"text": "plain, but after it"}))) is None
+    assert taker.holding and tracker.in_flight() == 2, "held records stay in flight"
+    assert taker.retry() == [] and taker.holding
+    registry.down = False
+    let_through = taker.retry()
+    assert [event.offset for event in let_through] == [0, 1] and not taker.holding
+    assert all(event.encoded is not None and event.rejection is None for event in let_through)
+    assert [event.decoded.text for event in let_through if event.decoded] == [
+        "needs the registry",
+        "plain, but after it",
+    ]
+
+
+def test_a_held_record_of_a_partition_rewound_or_revoked_meanwhile_is_dropped() -> None:
+    registry = FlakyRegistry()
+    taker, tracker, _ = intake(formats=registry)
+    assert taker.take(record(0, b"\x00" + orjson.dumps({"text": "held"}))) is None
+    tracker.assign((TOPIC, 0))  # a new epoch: its owner reads it again
+    registry.down = False
+    assert taker.retry() == [] and not taker.holding
 
 
 # The fake's pairs are words: 3 for "It is {}." plus 4 special tokens leave 13 of 20.

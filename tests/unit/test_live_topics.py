@@ -102,6 +102,7 @@ def test_a_route_to_an_existing_topic_is_applied() -> None:
         ),
         (b"posts", record({"output": "posts.new"}), "topic 'posts.new' does not exist"),
         (b"posts", record({"input": "mail"}), "differs from the key"),
+        (b"posts", record({"format": "avro"}), "format cannot change at run time"),
         (b"news", record({"labels": ["a"]}), "not an input topic of the configuration file"),
         (None, record({"labels": ["a"]}), "no key"),
         (b"\xff", record({"labels": ["a"]}), "not UTF-8"),

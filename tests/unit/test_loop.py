@@ -10,6 +10,13 @@ from typing import Any
 
 import orjson
 import pytest
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry._sync.mock_schema_registry_client import (
+    MockSchemaRegistryClient,
+)
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.schema_registry.common._httpx_compat import httpx
+from confluent_kafka.serialization import MessageField, SerializationContext
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
@@ -46,6 +53,19 @@ def settings(**batching: Any) -> Settings:
     )
 
 
+class FlakyRegistry(MockSchemaRegistryClient):
+    """confluent-kafka's in-memory registry, whose schemas cannot be fetched while `down`."""
+
+    def __init__(self) -> None:
+        super().__init__({"url": "mock://registry"})
+        self.down = False
+
+    def get_schema(self, *args: Any, **kwargs: Any) -> Schema:
+        if self.down:
+            raise httpx.ConnectError("connection refused")
+        return super().get_schema(*args, **kwargs)
+
+
 class Loop:
     """A Worker running on a thread against a StubConsumer and a StubProducer."""
 
@@ -54,6 +74,7 @@ class Loop:
         worker_settings: Settings,
         logs: dict[Partition, list[bytes]],
         classifier: Classifier | None = None,
+        registry: SchemaRegistryClient | None = None,
     ) -> None:
         self.logs = logs
         self.producer = StubProducer()
@@ -63,6 +84,7 @@ class Loop:
             classifier or FakeClassifier(delay_s=0.04, forward_events=1),
             consumer_factory=self._consumer,
             producer_factory=lambda _settings, _on_error: self.producer,  # type: ignore[arg-type,return-value]
+            registry_factory=lambda _settings: registry or FlakyRegistry(),
         )
         self.stop = threading.Event()
         self.failure: list[BaseException] = []
@@ -114,8 +136,9 @@ def loop(
     worker_settings: Settings,
     logs: dict[Partition, list[bytes]],
     classifier: Classifier | None = None,
+    registry: SchemaRegistryClient | None = None,
 ) -> Iterator[Loop]:
-    running = Loop(worker_settings, logs, classifier)
+    running = Loop(worker_settings, logs, classifier, registry)
     running.thread.start()
     assert running.ready.wait(SETTLE_TIMEOUT_S)
     try:
@@ -172,6 +195,35 @@ def test_shutdown_commits_what_was_delivered_and_closes() -> None:
         running.wait_until(running.all_committed, "everything committed")
     assert running.stub.closed
     assert sorted(running.outputs_of(P0)) == list(range(30)), "each once, in a clean run"
+
+
+def test_records_wait_while_the_registry_is_away_and_nothing_is_committed_past_them() -> None:
+    registry = FlakyRegistry()
+    schema = '{"type": "record", "name": "Post", "fields": [{"name": "text", "type": "string"}]}'
+    serialize = AvroSerializer(registry, schema, conf={"subject.name.strategy.type": "TOPIC"})
+    context = SerializationContext(TOPIC, MessageField.VALUE)
+    logs = {P0: [serialize({"text": f"event number {i}"}, context) for i in range(30)]}
+    topics = [{"input": TOPIC, "output": "posts.out", "labels": ["a", "b"], "format": "avro"}]
+    avro = make_settings(
+        "stub:9092",
+        "stub-group",
+        topics,
+        batching={"max_events": 4, "max_wait_ms": 5},
+        schema_registry={"url": "http://registry:8081"},
+        shutdown_timeout_s=5,
+    )
+    with loop(avro, logs, registry=registry) as running:
+        stub = running.stub
+        registry.down = True
+        stub.rebalance("assign", [P0])
+        running.wait_until(lambda: P0 in stub.paused, "the partition paused for the registry")
+        running.wait_until(lambda: not running.worker.health.ready, "not ready")
+        time.sleep(0.3)  # retries come and go; none lets a record through
+        assert running.producer.sent == [] and stub.committed.get(P0, 0) == 0
+        registry.down = False
+        running.wait_until(running.all_committed, "everything read once the registry is back")
+        assert running.worker.health.ready and stub.paused == set()
+    assert [topic for topic, _ in running.producer.sent] == ["posts.out"] * 30
 
 
 class Gated(FakeClassifier):

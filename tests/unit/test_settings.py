@@ -215,6 +215,56 @@ def test_run_exits_with_the_config_status_and_the_looping_key(
     assert "topics.0.output: 'posts'" in stderr and CONSUMED_AGAIN in stderr
 
 
+AVRO = MINIMAL + "    format: avro\n"
+
+
+def test_a_registry_format_needs_the_registry_url_and_names_the_keys(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"topics\.0\.format: avro needs schema_registry\.url"):
+        load_settings(write(tmp_path, AVRO), environ={})
+    settings = load_settings(write(tmp_path, MINIMAL), environ={})
+    assert settings.topics[0].format == "json" and not settings.schema_registry.configured
+
+
+def test_the_registry_comes_from_the_environment_and_its_login_is_never_shown(
+    tmp_path: Path,
+) -> None:
+    environ = {
+        "ZSC_SCHEMA_REGISTRY_URL": "http://registry:8081/apis/ccompat/v7",
+        "ZSC_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": "user:s3cret",
+    }
+    settings = load_settings(write(tmp_path, AVRO), environ=environ)
+    registry = settings.schema_registry
+    assert registry.url == environ["ZSC_SCHEMA_REGISTRY_URL"]
+    assert "s3cret" not in repr(settings) and "s3cret" not in str(settings)
+    assert registry.client_config()["basic.auth.user.info"] == "user:s3cret"
+    with pytest.raises(ConfigError, match=r"schema_registry\.url: Value error, must be http"):
+        load_settings(write(tmp_path, AVRO), environ={"ZSC_SCHEMA_REGISTRY_URL": "registry:8081"})
+
+
+def test_protobuf_is_refused_at_start_up_saying_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from worker import cli
+
+    config = write(tmp_path, MINIMAL + "    format: protobuf\n")
+    argv = ["run", "--config", str(config), "--model", str(tmp_path / "nothing")]
+    assert cli.main(argv) == cli.EXIT_CONFIG
+    stderr = capsys.readouterr().err
+    assert "topics.0.format" in stderr and "protobuf is not supported yet" in stderr
+
+
+def test_registry_client_properties_are_judged_before_the_model_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from worker import cli
+
+    registry = "schema_registry: {url: 'http://registry:8081', colour: red}\n"
+    config = write(tmp_path, registry + AVRO)
+    argv = ["run", "--config", str(config), "--model", str(tmp_path / "nothing")]
+    assert cli.main(argv) == cli.EXIT_CONFIG
+    assert "schema_registry: Unrecognized properties: colour" in capsys.readouterr().err
+
+
 def test_unreadable_or_invalid_files_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_settings(tmp_path / "missing.yaml", environ={})

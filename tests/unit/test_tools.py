@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from worker.errors import ConfigError
+from worker.tool_formats import ValueDecoder, json_line, value_encoder
 from worker.tools import ResultRow, read_events, table_line
 
 
@@ -53,3 +54,29 @@ def test_read_events_skips_blank_lines_and_names_a_bad_line(tmp_path: Path) -> N
     path.write_text('{"text": "a"}\nnot json\n')
     with pytest.raises(ConfigError, match=r"events\.jsonl:2"):
         list(read_events(path))
+
+
+def test_produce_options_of_the_registry_formats_are_checked_before_anything_is_sent(
+    tmp_path: Path,
+) -> None:
+    schema = tmp_path / "note.avsc"
+    schema.write_text('{"type": "record", "name": "Note", "fields": []}')
+    with pytest.raises(ConfigError, match="--schema: --format avro needs the schema file"):
+        value_encoder("avro", None, "http://registry:8081", "notes")
+    with pytest.raises(ConfigError, match="--schema: plain JSON has no schema"):
+        value_encoder("json", schema, None, "notes")
+    with pytest.raises(ConfigError, match="--schema-registry: give the registry's URL"):
+        value_encoder("json_schema", schema, None, "notes")
+    (tmp_path / "bad.avsc").write_text('{"type": "recordd"}')
+    with pytest.raises(ConfigError, match="not a valid avro schema"):
+        value_encoder("avro", tmp_path / "bad.avsc", "http://registry:8081", "notes")
+    with pytest.raises(ConfigError, match="cannot read"):
+        value_encoder("avro", tmp_path / "missing.avsc", "http://registry:8081", "notes")
+    assert value_encoder("json", None, None, "notes")(b'{"text": "x"}') == b'{"text": "x"}'
+
+
+def test_tail_shows_plain_json_without_a_registry_and_a_framed_record_as_not_an_event() -> None:
+    decode = ValueDecoder(None)
+    assert decode("t", b'{"text": "x"}') == {"text": "x"}
+    assert decode("t", b"\x00\x00\x00\x00\x01\x02") is None and decode("t", None) is None
+    assert json_line({"raw": b"\x00\xff"}) == b'{"raw":"AP8="}'
