@@ -237,7 +237,10 @@ def test_two_workers_in_one_group_share_the_partitions(bootstrap_servers: str) -
     with running(settings, FakeClassifier()) as one, running(settings, FakeClassifier()) as two:
         one.wait_for_assignment()
         two.wait_for_assignment()
-        produce(bootstrap_servers, source, values)
+        # Keyed: keyless records stick to one partition at a time (librdkafka's sticky
+        # partitioner), so a quick burst may leave a partition empty.
+        keys = [str(i).encode() for i in range(len(values))]
+        produce(bootstrap_servers, source, values, keys)
         outputs = read(bootstrap_servers, [sink, dlq], len(values))
         shares = (one.partitions(), two.partitions())
     assert {o.json()["id"] for o in outputs} == set(range(200)), "nothing lost"
