@@ -25,7 +25,7 @@ from confluent_kafka.schema_registry.json_schema import JSONDeserializer, JSONSe
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from tests.brokers.apicurio import ApicurioRegistry, url_at
-from tests.brokers.gate import TcpGate
+from tests.integration.faults.proxy import FlakyProxy
 from tests.integration.harness import (
     SESSION_TIMEOUT_MS,
     Output,
@@ -39,6 +39,7 @@ from tests.integration.harness import (
 )
 from tests.texts import fortunes
 from worker import serde
+from worker.embedded.base import free_loopback_ports
 from worker.kafka.admin import ensure_topics
 from worker.nli.classifier import load_classifier
 from worker.nli.fake import FakeClassifier
@@ -270,8 +271,9 @@ def test_every_kind_of_bad_record_is_dead_lettered_byte_for_byte(
 def test_a_registry_outage_mid_stream_holds_records_and_loses_nothing(
     bootstrap_servers: str, schema_registry: ApicurioRegistry, outage: str
 ) -> None:
-    """Paused: the registry's process stopped, requests time out. Cut off: connections
-    refused and cut, as when it is down; its schemas are still there when it is back."""
+    """Paused: the registry's process stopped, requests time out. Cut off: every connection
+    through a proxy closed as soon as it opens (tests.integration.faults.proxy), as a
+    registry behind a failed network looks; its schemas are still there when it is back."""
     source, sink, dlq = fresh_topics(bootstrap_servers)
     client = SchemaRegistryClient({"url": schema_registry.url})
     before = avro_serializer(client, POST)
@@ -286,12 +288,13 @@ def test_a_registry_outage_mid_stream_holds_records_and_loses_nothing(
         for i in range(10, 30)
     ]
     group = f"g-{uuid.uuid4().hex}"
-    gate = TcpGate(schema_registry.port)
+    [gate_port] = free_loopback_ports(1)
+    gate = FlakyProxy(gate_port, schema_registry.port)
     settings = make_settings(
         bootstrap_servers,
         group,
         [topic_entry(source, sink, dlq, "avro")],
-        schema_registry={"url": url_at(gate.port)},
+        schema_registry={"url": url_at(gate_port)},
     )
     with gate, running(settings, FakeClassifier()) as worker:
         produce(bootstrap_servers, source, first)
@@ -299,7 +302,7 @@ def test_a_registry_outage_mid_stream_holds_records_and_loses_nothing(
         if outage == "paused":
             schema_registry.pause()
         else:
-            gate.close()
+            gate.cut()
         produce(bootstrap_servers, source, second)
         time.sleep(OUTAGE_S)
         # Nothing of the second part passed; nothing was committed past it.
@@ -309,7 +312,7 @@ def test_a_registry_outage_mid_stream_holds_records_and_loses_nothing(
         if outage == "paused":
             schema_registry.resume()
         else:
-            gate.open()
+            gate.restore()
         outputs = read(bootstrap_servers, [sink, dlq], len(first) + len(second))
         deadline = time.monotonic() + 30
         while committed(bootstrap_servers, group, source, 1) != [len(first) + len(second)]:
