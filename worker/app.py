@@ -113,9 +113,7 @@ class Worker:
         settings, metrics, health, clock = self.settings, self.metrics, self.health, self._clock
         router = Router.from_settings(settings)
         exactly_once = settings.processing_guarantee == "exactly-once"
-        connectivity = Connectivity(
-            health, router.input_topics[0], clock, producer_recovers=exactly_once
-        )
+        connectivity = Connectivity(health, router.input_topics[0], clock)
         for route in router.routes:
             metrics.config_in_force(route.input, route.version)
         control = self._control_topic(router, connectivity) if settings.control_topic else None

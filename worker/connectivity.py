@@ -2,8 +2,10 @@
 
 Readiness follows the broker: an error that says no broker can be reached
 marks it down, and while it is down a metadata request now and then checks
-whether one answers again. An error librdkafka calls fatal stops the worker,
-except the transactional producer's, which the exactly-once delivery replaces.
+whether one answers again. A consumer error librdkafka calls fatal stops the
+worker. The producer's fatal error never comes through here: confluent-kafka
+raises it from poll or flush, and the delivery handles it (see
+worker.kafka.clients.serve).
 """
 
 from __future__ import annotations
@@ -28,15 +30,10 @@ PROBE_TIMEOUT_S = 0.25
 class Connectivity:
     """Takes the clients' error callbacks; `failure` is set when the worker must stop."""
 
-    def __init__(
-        self, health: Health, probe_topic: str, clock: Callable[[], float], producer_recovers: bool
-    ) -> None:
-        """`producer_recovers`: a fatal producer error is handled by the delivery (a
-        transactional producer is replaced), not fatal to the worker."""
+    def __init__(self, health: Health, probe_topic: str, clock: Callable[[], float]) -> None:
         self._health = health
         self._probe_topic = probe_topic
         self._clock = clock
-        self._producer_recovers = producer_recovers
         self._next_probe_at = 0.0
         self.failure: errors.ZscError | None = None
 
@@ -51,12 +48,7 @@ class Connectivity:
 
     def on_producer_error(self, error: KafkaError) -> None:
         """The producer's error callback (served by poll and flush)."""
-        if error.fatal() and not self._producer_recovers:
-            self.failure = errors.KafkaError(
-                f"the producer failed: {error.str()}", code=error.code(), retriable=False
-            )
-        else:
-            self._on_client_error(error)
+        self._on_client_error(error)
 
     def probe(self, consumer: Consumer) -> None:
         """While no broker is reachable, ask for metadata now and then: ready again if it comes."""

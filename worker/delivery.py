@@ -29,7 +29,14 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from worker import errors
 from worker.inflight import OutRecord, RecordKind
-from worker.kafka.clients import DeliveryFailure, delivery_failure, translate
+from worker.kafka.clients import (
+    DeliveryFailure,
+    ProducerFailed,
+    delivery_failure,
+    producer_failed,
+    serve,
+    translate,
+)
 from worker.metrics import Health, Metrics
 from worker.offsets import OffsetTracker, Partition
 from worker.rejections import RefusedRecords
@@ -56,7 +63,8 @@ class Delivery(abc.ABC):
         self._health = health
         self._refused = RefusedRecords()
         self.failure: errors.ZscError | None = None
-        """An error the worker must stop for (a topic refusing records for good)."""
+        """An error the worker must stop for (a topic refusing records for good, the
+        idempotent producer failing)."""
 
     @property
     @abc.abstractmethod
@@ -103,11 +111,11 @@ class Delivery(abc.ABC):
 
     def poll(self) -> None:
         """Serve delivery reports."""
-        self.producer.poll(0)
+        self._serve(self.producer.poll, 0)
 
     def flush(self, timeout_s: float) -> int:
         """Wait for what was produced to be delivered; returns how many records are left."""
-        return self.producer.flush(timeout_s)
+        return self._serve(self.producer.flush, timeout_s)
 
     def send(self, record: OutRecord) -> str | None:
         """Produce an event's record: alone if its topic refused it in company.
@@ -119,9 +127,9 @@ class Delivery(abc.ABC):
             return refusal
         if not self._refused.suspected(record.id):
             return self._produce(record)
-        record.alone = self.producer.flush(ALONE_FLUSH_TIMEOUT_S) == 0
+        record.alone = self.flush(ALONE_FLUSH_TIMEOUT_S) == 0
         refusal = self._produce(record)
-        if self.producer.flush(ALONE_FLUSH_TIMEOUT_S) != 0:
+        if self.flush(ALONE_FLUSH_TIMEOUT_S) != 0:
             record.alone = False  # still queued: what is produced next may join it
         return refusal
 
@@ -148,7 +156,7 @@ class Delivery(abc.ABC):
                 break
             except BufferError:
                 # The local queue is full: serve delivery reports until it has room.
-                producer.poll(QUEUE_FULL_WAIT_S)
+                self._serve(producer.poll, QUEUE_FULL_WAIT_S)
             except KafkaException as exc:
                 error = exc.args[0]
                 if delivery_failure(error) is DeliveryFailure.REJECTED:
@@ -172,6 +180,9 @@ class Delivery(abc.ABC):
                 self._metrics.dead_lettered.labels(event.topic, record.rejection.error_type).inc()
             self._delivered(record)
             return
+        if producer_failed(error):
+            self._producer_failed(error)
+            return
         failure = delivery_failure(error)
         if failure is DeliveryFailure.FATAL:
             self.failure = errors.ProduceError(
@@ -181,6 +192,15 @@ class Delivery(abc.ABC):
         if failure is DeliveryFailure.REJECTED:
             self._refused.refused(record.id, record.alone, error.str())
         self._undelivered(record, error)
+
+    def _serve(self, call: Callable[[float], int], timeout_s: float) -> int:
+        """Serve the producer's callbacks with `call` (its poll or flush); returns how many
+        records are left. The producer failing for good meanwhile goes to `_producer_failed`."""
+        try:
+            return serve(functools.partial(call, timeout_s))
+        except ProducerFailed as failed:
+            self._producer_failed(failed.error)
+            return len(self.producer)
 
     def _settle(self, record: OutRecord) -> None:
         event = record.event
@@ -202,6 +222,10 @@ class Delivery(abc.ABC):
     @abc.abstractmethod
     def _cannot_produce(self, exc: KafkaException, record: OutRecord) -> None:
         """The producer refused to take the record."""
+
+    @abc.abstractmethod
+    def _producer_failed(self, error: KafkaError) -> None:
+        """The producer failed for good: it takes no more records."""
 
 
 class AtLeastOnce(Delivery):
@@ -243,7 +267,7 @@ class AtLeastOnce(Delivery):
 
     def revoked(self, partitions: list[TopicPartition]) -> bool:
         """Deliver what was produced, then commit the revoked partitions' done offsets."""
-        self._producer.flush(self._flush_timeout_s)
+        self.flush(self._flush_timeout_s)
         self._store()
         self._commit({(tp.topic, tp.partition) for tp in partitions})
         return True
@@ -280,6 +304,12 @@ class AtLeastOnce(Delivery):
 
     def _cannot_produce(self, exc: KafkaException, record: OutRecord) -> None:
         raise translate(exc, f"cannot produce to {record.topic!r}") from None
+
+    def _producer_failed(self, error: KafkaError) -> None:
+        """The worker stops: an idempotent producer that failed cannot keep its order."""
+        self.failure = errors.KafkaError(
+            f"the producer failed: {error.str()}", code=error.code(), retriable=False
+        )
 
     def _store(self) -> None:
         committable = self._tracker.take_committable()
@@ -364,8 +394,11 @@ class ExactlyOnce(Delivery):
         return []
 
     def send(self, record: OutRecord) -> str | None:
-        """Produce into the open transaction; nothing once its work was given up."""
-        return None if self._work_lost else super().send(record)
+        """Produce into the open transaction; nothing once its work was given up, or once
+        the producer failed (the rewind after its replacement redoes the event)."""
+        if self._work_lost or not self._transactions.producing:
+            return None
+        return super().send(record)
 
     def _produced(self, record: OutRecord) -> None:
         self._settle(record)
@@ -382,9 +415,16 @@ class ExactlyOnce(Delivery):
 
     def _cannot_produce(self, exc: KafkaException, record: OutRecord) -> None:
         error = exc.args[0]
-        if error.code() != KafkaError._STATE and not error.fatal():
+        if producer_failed(error):
+            self._producer_failed(error)
+            return
+        if error.code() != KafkaError._STATE:
             raise translate(exc, f"cannot produce to {record.topic!r}") from None
-        # A transaction that must abort (a record of it was refused) or a fenced
-        # producer takes no more records: give up its work.
+        # A transaction that must abort (a record of it was refused) takes no
+        # more records: give up its work.
         self._transactions.abandon()
         self._work_lost = True
+
+    def _producer_failed(self, error: KafkaError) -> None:
+        """Replaced at the next checkpoint, which reports its transaction's work lost."""
+        self._transactions.producer_failed(error)

@@ -7,7 +7,8 @@ A transaction that has to be aborted takes its outputs with it: the worker
 then rewinds to where it last committed (`durable_positions`) and redoes them.
 A transactional producer that fails for good (fenced: the coordinator aborts a
 transaction that outlives `transaction.timeout.ms`, say in a broker outage, and
-bumps the producer's epoch) is replaced by a new one with the same id.
+bumps the producer's epoch) is replaced by a new one with the same id, whether
+a call of ours learns it or a delivery report does.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Callable, Mapping
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from worker.kafka.clients import translate
+from worker.kafka.clients import ProducerFailed, producer_failed, serve, translate
 from worker.offsets import OffsetTracker, Partition
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,7 @@ class TransactionalCommitter:
         self._sending: _OffsetsCall | None = None
         self._committed: dict[Partition, int] = {}
         self._record_failed = False
+        self._failure: KafkaError | None = None
 
     @property
     def producer(self) -> Producer:
@@ -145,8 +147,8 @@ class TransactionalCommitter:
 
     @property
     def producing(self) -> bool:
-        """Whether a transaction is open for records."""
-        return self._state is _Transaction.OPEN
+        """Whether a transaction is open for records (and the producer has not failed)."""
+        return self._state is _Transaction.OPEN and self._failure is None
 
     def start(self) -> None:
         """Fence earlier instances of this transactional id and open the first transaction."""
@@ -161,6 +163,13 @@ class TransactionalCommitter:
 
         With `force` (revocation, shutdown) it waits for offsets being sent.
         """
+        if self._state is _Transaction.OPEN and (
+            force or self._clock() - self._opened_at >= TRANSACTION_INTERVAL_S
+        ):
+            self._send_offsets()
+        if self._failure is not None:
+            self._replace_producer(self._failure)
+            return False
         # For these two, the rewind was asked for when they began.
         if self._state is _Transaction.STARTING:
             self._try_init()
@@ -169,10 +178,10 @@ class TransactionalCommitter:
             self._try_abort()
             return True
         if self._state is _Transaction.OPEN:
-            if not force and self._clock() - self._opened_at < TRANSACTION_INTERVAL_S:
+            if not self._record_failed:
                 return True
-            if not self._send_offsets():
-                return not self._record_failed or self.abandon()
+            log.warning("aborting the transaction: a record of it was not delivered")
+            return self.abandon()
         if self._state is _Transaction.SENDING:
             sending = self._sent_offsets(SEND_OFFSETS_DEADLINE_S if force else 0.0)
             if sending is not _Sending.SENT:
@@ -233,25 +242,36 @@ class TransactionalCommitter:
         """The open transaction cannot commit: it is aborted at the next checkpoint."""
         self._record_failed = True
 
+    def producer_failed(self, error: KafkaError) -> None:
+        """The producer failed for good (a delivery report or a call said so): it is
+        replaced at the next checkpoint, and its transaction's work is lost."""
+        if self._failure is None:
+            self._failure = error
+
     def durable_positions(self) -> Mapping[Partition, int]:
         """The positions committed by this worker since it was assigned each partition."""
         return self._committed
 
-    def _send_offsets(self) -> bool:
-        """Start sending the done positions, unless there are none or the records are not
-        all delivered yet, or one failed (then `_record_failed`). True once started."""
+    def _send_offsets(self) -> None:
+        """Start sending the done positions (state SENDING), unless there are none, or the
+        records are not all delivered yet, or one failed (`_record_failed`), or the producer
+        did (`_failure`)."""
         offsets = self._uncommitted_positions()
+        if not offsets:
+            return
         # Every record delivered first, or its failure known: offsets sent to a
         # transaction that turns abortable meanwhile (a record refused,
         # librdkafka's epoch bump after an abort) can block the call for good.
-        if not offsets or self._producer.flush(DELIVERY_WAIT_S) > 0 or self._record_failed:
-            if self._record_failed:
-                log.warning("aborting the transaction: a record of it was not delivered")
-            return False
+        try:
+            undelivered = serve(lambda: self._producer.flush(DELIVERY_WAIT_S))
+        except ProducerFailed as failed:
+            self.producer_failed(failed.error)
+            return
+        if undelivered > 0 or self._record_failed:
+            return
         metadata = self._consumer.consumer_group_metadata()
         self._sending = _OffsetsCall(self._producer, offsets, metadata, self._clock())
         self._state = _Transaction.SENDING
-        return True
 
     def _uncommitted_positions(self) -> list[TopicPartition]:
         """The done positions this worker has not committed. Every produced record advanced
@@ -291,7 +311,7 @@ class TransactionalCommitter:
 
     def _recover(self, exc: KafkaException, doing: str) -> bool:
         error = exc.args[0]
-        if error.fatal():
+        if producer_failed(error):
             self._replace_producer(error)
             return False
         if error.txn_requires_abort():
@@ -307,7 +327,7 @@ class TransactionalCommitter:
             self._producer.abort_transaction(CALL_TIMEOUT_S)
         except KafkaException as exc:
             error = exc.args[0]
-            if error.fatal():
+            if producer_failed(error):
                 self._replace_producer(error)
             elif error.retriable():
                 log.warning("aborting the transaction will be retried: %s", error.str())
@@ -320,6 +340,7 @@ class TransactionalCommitter:
         """A new producer with the same transactional id: its initialisation aborts what the
         old one left open. Whatever the old one still holds is dropped with it."""
         log.error("the transactional producer failed for good, replacing it: %s", error.str())
+        self._failure = None
         old, self._producer = self._producer, self._make_producer()
         old.purge()
         self._state = _Transaction.STARTING

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from worker.offsets import Partition
 
@@ -186,7 +186,8 @@ class StubProducer:
     transactional: delivered records join the open transaction, and only a
     commit adds them to `sent` (what a read_committed reader sees), together
     with the offsets sent to the transaction, which the consumer then holds
-    as committed. An abort drops both.
+    as committed. An abort drops both. `fence` fences it until the next
+    `init_transactions` (a new producer with the same transactional id).
     """
 
     consumer: StubConsumer | None = None
@@ -201,7 +202,30 @@ class StubProducer:
     )
     """Each committed transaction's records, and the consumer's committed offsets after it."""
     aborts: int = 0
+    fenced: bool = False
+    _surfacing: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fence(self, surfacing: str) -> None:
+        """Fence the producer, as a newer one with its transactional id does: every call
+        fails until `init_transactions`. `surfacing` is how it first learns it: "report"
+        (the queued records' delivery reports), "raised" (the next poll or flush raises
+        the fatal error, as confluent-kafka does), "chained" (a SystemError chained to
+        it, as confluent-kafka 2.16 raises when a delivery report runs after it)."""
+        old_epoch = KafkaError(KafkaError.INVALID_PRODUCER_EPOCH, "old epoch")
+        with self._lock:
+            self.fenced, self._surfacing = True, surfacing
+            if surfacing == "report":
+                for queued in self.undelivered:
+                    queued.error = old_epoch
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self.undelivered)
+
+    def _refuse_if_fenced(self) -> None:
+        if self.fenced:
+            raise KafkaException(KafkaError(KafkaError._FENCED, "fenced", fatal=True))
 
     def fail(self, deliveries: int) -> None:
         """Fail the next `deliveries` deliveries with a transient error."""
@@ -216,10 +240,24 @@ class StubProducer:
         headers: object = None,
         on_delivery: DeliveryReport | None = None,
     ) -> None:
+        if self.fenced:
+            raise KafkaException(KafkaError(KafkaError._FATAL, "Local: Fatal error"))
         with self._lock:
             self.undelivered.append(Queued(topic, value, on_delivery))
 
     def poll(self, timeout: float = 0.0) -> int:
+        with self._lock:
+            surfacing = self._surfacing
+            if surfacing in ("raised", "chained"):
+                # The fatal error comes first; the reports it cut off are never served.
+                self._surfacing, self.undelivered = None, []
+        if surfacing == "raised":
+            self._refuse_if_fenced()
+        if surfacing == "chained":
+            try:
+                self._refuse_if_fenced()
+            except KafkaException as exc:
+                raise SystemError("returned a result with an exception set") from exc
         with self._lock:
             undelivered, self.undelivered = self.undelivered, []
         for queued in undelivered:
@@ -245,7 +283,7 @@ class StubProducer:
             self.undelivered.clear()
 
     def init_transactions(self, timeout: float = -1) -> None:
-        self.transactional = True
+        self.transactional, self.fenced, self._surfacing = True, False, None
         self.abort_transaction()
         self.aborts -= 1  # fencing leaves nothing to count
 
@@ -255,11 +293,13 @@ class StubProducer:
     def send_offsets_to_transaction(
         self, offsets: list[TopicPartition], metadata: object, timeout: float = -1
     ) -> None:
+        self._refuse_if_fenced()
         with self._lock:
             self.offsets.extend(offsets)
 
     def commit_transaction(self, timeout: float = -1) -> None:
         assert self.consumer is not None
+        self._refuse_if_fenced()
         with self._lock:
             self.sent.extend(self.transaction)
             for tp in self.offsets:
@@ -268,6 +308,7 @@ class StubProducer:
             self.transaction, self.offsets = [], []
 
     def abort_transaction(self, timeout: float = -1) -> None:
+        self._refuse_if_fenced()
         # As librdkafka does, queued records are purged: their reports say so.
         purged = KafkaError(KafkaError._PURGE_QUEUE, "purged by the abort")
         with self._lock:

@@ -25,6 +25,7 @@ from config.settings import Settings
 from tests.integration.harness import make_settings
 from tests.unit.kafka_stubs import Partition, StubConsumer, StubMessage, StubProducer
 from worker.app import Worker
+from worker.errors import KafkaError as ZscKafkaError
 from worker.nli.base import Classifier, EncodedEvent, Scores
 from worker.nli.fake import FakeClassifier
 
@@ -295,6 +296,39 @@ def test_exactly_once_publishes_a_partition_in_offset_order_whatever_order_it_is
         gated.gate.set()
         running.wait_until(running.all_committed, "everything committed")
         assert running.outputs_of(P0) == [0, 1, 2, 3], "in offset order"
+
+
+@pytest.mark.parametrize("surfacing", ["report", "raised", "chained"])
+def test_exactly_once_replaces_a_fenced_producer_and_redoes_its_transaction(
+    surfacing: str,
+) -> None:
+    count = 30
+    logs = {P0: events(count), P1: events(count)}
+    worker_settings = settings().model_copy(update={"processing_guarantee": "exactly-once"})
+    with loop(worker_settings, logs) as running:
+        producer = running.producer
+        producer.consumer = running.stub
+        running.stub.rebalance("assign", [P0, P1])
+        running.wait_until(lambda: bool(producer.commits), "a first transaction committed")
+        producer.fence(surfacing)
+        running.wait_until(running.all_committed, "everything committed after the fence")
+        assert not producer.fenced, "replaced: a new producer initialised the transactional id"
+        for tp in (P0, P1):
+            assert running.outputs_of(tp) == list(range(count)), "each output once, in order"
+
+
+def test_at_least_once_stops_with_the_error_when_its_producer_fails_for_good() -> None:
+    running = Loop(settings(), {P0: events(30)})
+    running.thread.start()
+    assert running.ready.wait(SETTLE_TIMEOUT_S)
+    running.stub.rebalance("assign", [P0])
+    running.wait_until(lambda: bool(running.producer.sent), "a first output")
+    running.producer.fence("raised")
+    running.thread.join(SETTLE_TIMEOUT_S)
+    assert not running.thread.is_alive(), "the worker stops"
+    [failure] = running.failure
+    assert isinstance(failure, ZscKafkaError)
+    assert str(failure).startswith("the producer failed: fenced")
 
 
 PARTITIONS = [(TOPIC, p) for p in range(3)]

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 from pydantic import SecretStr
 
 from config.errors import ConfigError
@@ -15,10 +16,13 @@ from config.settings import load_settings
 from worker.kafka import clients
 from worker.kafka.clients import (
     DeliveryFailure,
+    ProducerFailed,
     broker_unreachable,
     consumer_config,
     delivery_failure,
     producer_config,
+    producer_failed,
+    serve,
 )
 from worker.metrics import Health
 
@@ -186,6 +190,52 @@ def test_read_ahead_is_bounded(tmp_path: Path) -> None:
 )
 def test_delivery_failures_are_classified(error: KafkaError, expected: DeliveryFailure) -> None:
     assert delivery_failure(error) is expected
+
+
+@pytest.mark.parametrize(
+    ("error", "failed"),
+    [
+        (KafkaError(KafkaError._FENCED, fatal=True), True),
+        (KafkaError(KafkaError._FATAL), True),
+        (KafkaError(KafkaError.INVALID_PRODUCER_EPOCH), True),
+        (KafkaError(KafkaError.PRODUCER_FENCED), True),
+        (KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), False),
+        (KafkaError(KafkaError._MSG_TIMED_OUT, retriable=True), False),
+    ],
+)
+def test_a_producer_that_failed_for_good_is_told_apart(error: KafkaError, failed: bool) -> None:
+    assert producer_failed(error) is failed
+
+
+def fenced() -> KafkaException:
+    return KafkaException(KafkaError(KafkaError._FENCED, "fenced", fatal=True))
+
+
+def raising(exc: BaseException) -> Callable[[], int]:
+    def call() -> int:
+        raise exc
+
+    return call
+
+
+def test_a_fatal_error_raised_while_serving_callbacks_is_the_producer_failing() -> None:
+    with pytest.raises(ProducerFailed) as raised:
+        serve(raising(fenced()))
+    assert raised.value.error.code() == KafkaError._FENCED
+    # A delivery report served after the fatal error fails on it (confluent-kafka 2.16).
+    chained = SystemError("returned a result with an exception set")
+    chained.__cause__ = fenced()
+    with pytest.raises(ProducerFailed):
+        serve(raising(chained))
+
+
+def test_other_errors_while_serving_callbacks_pass_through() -> None:
+    timed_out = KafkaException(KafkaError(KafkaError._TIMED_OUT, retriable=True))
+    with pytest.raises(KafkaException):
+        serve(raising(timed_out))
+    with pytest.raises(SystemError):
+        serve(raising(SystemError("a bug of its own")))
+    assert serve(lambda: 3) == 3
 
 
 def test_only_losing_every_broker_the_login_or_the_handshake_makes_the_worker_unready() -> None:

@@ -37,6 +37,7 @@ class StubProducer:
         self.fail: dict[str, list[KafkaException]] = {}
         self.purged = False
         self.undelivered = 0
+        self.flush_fails: list[BaseException] = []
         self.hang = threading.Event()
         self.hang.set()
 
@@ -67,6 +68,8 @@ class StubProducer:
         self.purged = True
 
     def flush(self, timeout: float) -> int:
+        if self.flush_fails:
+            raise self.flush_fails.pop(0)
         return self.undelivered
 
 
@@ -278,3 +281,30 @@ def test_offsets_being_sent_do_not_block_the_loop_and_a_stuck_call_is_given_up(
         assert checkpointer.producer is second and checkpointer.producing
     finally:
         first.hang.set()
+
+
+def test_a_producer_failing_in_the_flush_before_the_offsets_is_replaced() -> None:
+    first, second = StubProducer(), StubProducer()
+    # As confluent-kafka 2.16 may raise it: a SystemError chained to the fatal error.
+    chained = SystemError("returned a result with an exception set")
+    chained.__cause__ = fenced()
+    first.flush_fails = [chained]
+    checkpointer, tracker = committer([first, second])
+    produce(tracker, 4)
+    assert not checkpointer.checkpoint(force=True), "its transaction's work is lost"
+    assert "send_offsets" not in first.calls
+    assert first.purged
+    assert second.calls == ["init", "begin"]
+    assert checkpointer.producing
+
+
+def test_a_failure_a_delivery_report_tells_stops_production_until_the_replacement() -> None:
+    first, second = StubProducer(), StubProducer()
+    checkpointer, tracker = committer([first, second])
+    produce(tracker, 4)
+    checkpointer.producer_failed(fenced().args[0])
+    assert not checkpointer.producing
+    assert not checkpointer.checkpoint(), "its transaction's work is lost"
+    assert "send_offsets" not in first.calls
+    assert checkpointer.producer is second
+    assert checkpointer.producing

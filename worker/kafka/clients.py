@@ -66,6 +66,20 @@ DELIVERY_TRANSIENT = frozenset(
 )
 
 
+# Errors of a producer that failed for good, besides those flagged fatal: a call
+# refused because of the fatal error, and the delivery reports of the records of
+# a fenced producer (a newer producer took its transactional id, or the
+# coordinator bumped its epoch when its transaction timed out).
+PRODUCER_FAILED = frozenset(
+    {
+        KafkaError._FATAL,
+        KafkaError._FENCED,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+        KafkaError.PRODUCER_FENCED,
+    }
+)
+
+
 class DeliveryFailure(enum.Enum):
     """What a failed delivery means for the record."""
 
@@ -355,6 +369,41 @@ def delivery_failure(error: KafkaError) -> DeliveryFailure:
     if error.retriable() or error.code() in DELIVERY_TRANSIENT:
         return DeliveryFailure.TRANSIENT
     return DeliveryFailure.FATAL
+
+
+class ProducerFailed(Exception):
+    """The producer failed for good (librdkafka's fatal error): it takes no more records."""
+
+    def __init__(self, error: KafkaError) -> None:
+        super().__init__(error.str())
+        self.error = error
+
+
+def producer_failed(error: KafkaError) -> bool:
+    """Whether an error says the producer failed for good: the fatal error itself, a call
+    refused because of it, or a record refused because the producer was fenced."""
+    return bool(error.fatal()) or error.code() in PRODUCER_FAILED
+
+
+def serve(call: Callable[[], int]) -> int:
+    """A producer call that serves callbacks (poll, flush), its fatal error as ProducerFailed.
+
+    confluent-kafka raises the producer's fatal error out of the call that
+    serves callbacks; it never reaches `error_cb`. A delivery report served
+    after it in the same call finds it still pending, and the first C method
+    the report calls fails with SystemError, chained to it (confluent-kafka
+    2.16: that path of its `error_cb` does not set the exception aside, as its
+    other callbacks do). Either way the producer is gone.
+    """
+    try:
+        return call()
+    except (KafkaException, SystemError) as exc:
+        for raised in (exc, exc.__cause__):
+            if isinstance(raised, KafkaException) and raised.args:
+                error = raised.args[0]
+                if isinstance(error, KafkaError) and producer_failed(error):
+                    raise ProducerFailed(error) from exc
+        raise
 
 
 def translate(exc: KafkaException, doing: str) -> errors.KafkaError:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Producer
 
 from tests.integration.conftest import NameFactory
 from tests.integration.faults.conftest import EventTopics, FaultRow, Recorder
@@ -23,6 +24,7 @@ from tests.integration.faults.support import (
     write_config,
 )
 from tests.integration.harness import committed
+from worker.kafka.clients import transactional_id
 
 PARTITIONS = 4
 EVENTS = 2000
@@ -148,3 +150,76 @@ def test_sigterm_mid_batch_exits_within_the_shutdown_timeout(
         worker.terminate(10 + EXIT_MARGIN_S)
     assert not tally.missing(range(events))
     assert tally.duplicates() == 0
+
+
+FENCES = 4
+FENCE_EVERY_S = 3.0
+
+
+def test_a_fenced_transactional_producer_is_replaced_while_events_flow(
+    exactly_once_bootstrap_servers: str,
+    event_topics: EventTopics,
+    unique_name: NameFactory,
+    record_fault: Recorder,
+    tmp_path: Path,
+) -> None:
+    """A producer that takes the worker's transactional id fences the worker's producer, as
+    the coordinator does when it aborts a transaction that outlived its timeout: the fatal
+    error reaches the worker mid-delivery, from poll or flush, and the worker replaces its
+    producer and redoes the aborted work instead of exiting."""
+    bootstrap_servers = exactly_once_bootstrap_servers
+    source, sink, dlq = event_topics(PARTITIONS)
+    group = unique_name("g")
+    config = write_config(
+        tmp_path,
+        bootstrap_servers,
+        group,
+        topics_config(source, sink, dlq),
+        processing_guarantee="exactly-once",
+        consumer={"group.instance.id": "worker-1"},
+    )
+    worker = WorkerProcess(config, tmp_path / "worker.log")
+    started = time.monotonic()
+    with worker_processes(worker), Tally(bootstrap_servers, [sink, dlq]) as tally:
+        stream = EventStream(bootstrap_servers, source, EVENTS, EVENTS_PER_S).start()
+        worker.start()
+        worker.wait_for_log("assigned")
+        progress = []
+        for _ in range(FENCES):
+            time.sleep(FENCE_EVERY_S)
+            fencer = Producer(
+                {
+                    "bootstrap.servers": bootstrap_servers,
+                    "transactional.id": transactional_id(group, "worker-1"),
+                }
+            )
+            fencer.init_transactions(30)
+            fencer.flush(0)
+            progress.append(tally.total())
+            assert worker.alive, f"the worker exited once fenced:\n{worker.log()[-3000:]}"
+        worker.wait_for_log("the transactional producer failed for good", times=1)
+        stream.join()
+        tally.wait_for(range(EVENTS), DRAIN_TIMEOUT_S)
+        assert worker.alive, f"the worker exited:\n{worker.log()[-3000:]}"
+        code, _ = worker.terminate(10 + EXIT_MARGIN_S)
+        lost = tally.missing(range(EVENTS))
+        duplicates = tally.duplicates()
+        outputs = tally.total()
+
+    record_fault(
+        FaultRow(
+            "transactional producer fenced by another with its id",
+            "exactly-once",
+            f"{EVENTS_PER_S:.0f} events/s, {PARTITIONS} partitions",
+            f"{FENCES} x fenced",
+            EVENTS,
+            outputs,
+            duplicates,
+            len(lost),
+            time.monotonic() - started,
+        )
+    )
+    assert code == 0, worker.log()[-3000:]
+    assert not lost, f"{len(lost)} events lost, e.g. {sorted(lost)[:10]}"
+    assert progress[-1] > progress[0], f"no output between the fences: {progress}"
+    assert duplicates == 0, "a read_committed reader sees every output once"
