@@ -26,6 +26,7 @@ from worker.batching import MicroBatcher
 from worker.nli.base import EncodedEvent
 from worker.nli.budget import CPU_MAX_BATCH_TOKENS, CPU_MIN_BATCH_TOKENS
 from worker.nli.classifier import NLIClassifier, load_classifier
+from worker.nli.fused import fuse_feed_forward_gelu
 from worker.nli.loading import LoadedModel, load_model, resolve_dtype
 from worker.nli.pooled import pool_last_layer
 
@@ -42,6 +43,16 @@ BUDGETS = (2048, 8192, 16384)
 TOKENIZE_REPEATS = 20
 # Texts sent twice in one batch, to show that identical texts are scored once.
 DUPLICATED_TEXTS = 4
+# What the profile breakdown (--profile) counts each operator as, by name; the
+# first match wins, and the rest is "other".
+OPERATOR_GROUPS = (
+    ("matrix products", ("addmm", "aten::mm", "bmm", "linear_pointwise", "mkldnn_linear")),
+    ("attention", ("scaled_dot_product", "softmax", "baddbmm")),
+    ("GELU", ("gelu",)),
+    ("layer norms", ("layer_norm",)),
+    ("copies and casts", ("copy_", "aten::to", "clone", "contiguous", "cat", "index")),
+    ("other elementwise", ("add", "mul", "div", "sub", "masked_fill", "where")),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +94,15 @@ def timed(variant: Variant, texts: Sequence[str], load: workload.Workload) -> fl
 def variants(model_dir: str, dtype: torch.dtype, with_compile: bool) -> list[Variant]:
     """The default classifier first (in torch, in `dtype`), then one variant per lever."""
 
-    def loaded(attention: str | None = None, pooled: bool = True) -> LoadedModel:
+    def loaded(
+        attention: str | None = None, pooled: bool = True, fused: bool = True
+    ) -> LoadedModel:
         model = load_model(model_dir, CPU, dtype, attention)
         if pooled:
             pool_last_layer(model.model)
+        # As load_classifier does: bfloat16 on a CPU fuses GELU into its product.
+        if fused and dtype == torch.bfloat16:
+            fuse_feed_forward_gelu(model.model)
         return model
 
     def classifier(model: LoadedModel, **options: int) -> NLIClassifier:
@@ -101,6 +117,7 @@ def variants(model_dir: str, dtype: torch.dtype, with_compile: bool) -> list[Var
             default,
         ),
         Variant("last decoder layer on every row", classifier(loaded(pooled=False))),
+        Variant("GELU as an operator of its own", classifier(loaded(fused=False))),
         # A guard that starts at the budget never fires: the greedy fill of before.
         Variant(
             "greedy fill, no padding guard", classifier(sdpa, min_batch_tokens=CPU_MAX_BATCH_TOKENS)
@@ -156,6 +173,40 @@ def dedupe_costs(classifier: NLIClassifier, load: workload.Workload) -> tuple[fl
     return costs[0], costs[1]
 
 
+def profile(
+    variant: Variant, texts: Sequence[str], load: workload.Workload, flops: float
+) -> list[str]:
+    """Where one pass of `variant` over `texts` (`flops` of work) spends its time, by
+    operator group (torch profiler, self time): how much is left outside the matrix
+    products, and their own rate."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        total = timed(variant, texts, load)
+    spent = dict.fromkeys([name for name, _ in OPERATOR_GROUPS] + ["other"], 0.0)
+    for event in prof.key_averages():
+        group = next(
+            (name for name, keys in OPERATOR_GROUPS if any(k in event.key for k in keys)),
+            "other",
+        )
+        spent[group] += event.self_cpu_time_total / 1e6
+    profiled = sum(spent.values())
+    products = spent[OPERATOR_GROUPS[0][0]]
+    return [
+        f"## Where the default's time goes: one profiled pass, {total:.1f} s "
+        "(operators' self time, torch profiler)",
+        "",
+        "| operators | seconds | share |",
+        "|---|---|---|",
+        *(
+            f"| {name} | {seconds:.2f} | {100 * seconds / profiled:.0f}% |"
+            for name, seconds in spent.items()
+        ),
+        "",
+        f"- the pass's matmul FLOPs over the matrix products' time alone: "
+        f"{flops / products / 1e9:.0f} GFLOP/s (a little high: attention's products are "
+        "counted in the FLOPs, timed under attention)",
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Measure every lever and print a markdown table."""
     parser = argparse.ArgumentParser(prog="python -m bench.levers", description=__doc__)
@@ -164,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--compile", action="store_true", help="add torch.compile(dynamic=True)")
     parser.add_argument("--model", help="model directory (default: built and cached)")
+    parser.add_argument(
+        "--profile", action="store_true", help="add the default's time by operator group"
+    )
     parser.add_argument(
         "--dtype",
         default="auto",
@@ -220,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- {DUPLICATED_TEXTS} texts sent twice in one batch: {twice:.1f} s, once: {once:.1f} s "
         "(identical texts are scored once)",
     ]
+    if args.profile:
+        lines += ["", *profile(default, load.texts, load, flops)]
     print("\n".join(lines))
     return 0
 

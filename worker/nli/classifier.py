@@ -26,6 +26,7 @@ from worker.nli.budget import (
     plan_event_batches,
 )
 from worker.nli.forward import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, Forward, TorchForward
+from worker.nli.fused import fuse_feed_forward_gelu
 from worker.nli.labels import LabelIds, resolve_label_ids
 from worker.nli.loading import load_model, resolve_device, resolve_dtype
 from worker.nli.onnx_runtime import FLOAT32, INT8, load_onnx
@@ -268,6 +269,8 @@ def load_classifier(
     tokenizer, model = load_model(name, torch_device, torch_dtype)
     # The head reads one row of the last layer: only that row is computed (see pooled).
     pool_last_layer(model)
+    if torch_device.type == "cpu" and torch_dtype == torch.bfloat16:
+        fuse_feed_forward_gelu(model)
     if torch_device.type != "cpu" or torch_dtype != torch.float32:
         return NLIClassifier.of_model(name, tokenizer, model, max_batch_tokens)
     # float32 and int8 on a CPU run in ONNX Runtime (see worker.nli.onnx_runtime).
