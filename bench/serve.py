@@ -155,6 +155,7 @@ def serve(spec: ServeSpec) -> None:
 
     from config.settings import Settings
     from worker.app import Worker
+    from worker.models import Models
     from worker.nli.classifier import load_classifier
 
     if spec.threads:
@@ -182,7 +183,7 @@ def serve(spec: ServeSpec) -> None:
         ],
     }
     settings = Settings(**values)
-    worker = Worker(settings, classifier)
+    worker = Worker(settings, Models.one(classifier))
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda _signum, _frame: stop.set())

@@ -41,8 +41,7 @@ from worker.kafka.clients import (
 )
 from worker.live_topics import LiveTopics
 from worker.metrics import Health, Metrics
-from worker.models import ClassifierLoader, Models, forward_budget, load_nli_classifier
-from worker.nli.base import Classifier
+from worker.models import Models
 from worker.offsets import OffsetTracker, Partition
 from worker.outputs import Outputs
 from worker.rebalance import Rebalance
@@ -65,29 +64,22 @@ MAX_POLL_BLOCK_S = 0.02
 class Worker:
     """One consumer-group member: reads the input topics and writes enriched events.
 
-    `classifier` is every model the topics use, loaded (`Models.load`), or the
-    top-level model's classifier alone: then the models of topics that have
-    their own are loaded here, with `load_classifier`.
+    `models` is every model the topics use, loaded (`Models.load`).
     """
 
     def __init__(
         self,
         settings: Settings,
-        classifier: Classifier | Models,
+        models: Models,
         metrics: Metrics | None = None,
         health: Health | None = None,
         clock: Callable[[], float] = time.monotonic,
         consumer_factory: ConsumerFactory = make_consumer_unsubscribed,
         producer_factory: ProducerFactory = make_producer,
-        load_classifier: ClassifierLoader = load_nli_classifier,
         registry_factory: RegistryClientFactory = make_registry_client,
     ) -> None:
         self.settings = settings
-        self.models = (
-            classifier
-            if isinstance(classifier, Models)
-            else Models.load(settings, load_classifier, forward_budget(settings), classifier)
-        )
+        self.models = models
         self.metrics = metrics or Metrics()
         for model in self.models:
             self.metrics.model_served(model.info)

@@ -20,6 +20,7 @@ from worker import errors
 from worker.app import Worker
 from worker.embedded.tansu import RECOMMENDED_SESSION_TIMEOUT_MS
 from worker.kafka.admin import ensure_topics
+from worker.models import Models
 from worker.routing import Router
 from worker.tools import ResultRow, print_table
 
@@ -115,7 +116,8 @@ def run_demo(
         ensure_topics(servers, [CONTROL_TOPIC], config=COMPACTED)
         expected = _produce_samples(servers)
         stop = threading.Event()
-        worker = Worker(settings, classifier)
+        # Every demo topic is scored by the one model.
+        worker = Worker(settings, Models.one(classifier))
         failure: list[BaseException] = []
 
         def serve() -> None:

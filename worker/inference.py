@@ -71,11 +71,11 @@ class InferenceRunner(Generic[T]):
 
     def __init__(
         self,
-        classifiers: Classifier | Models,
+        models: Models,
         encoded: Callable[[T], EncodedEvent | None],
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
-        self._models = Models.of(classifiers)
+        self._models = models
         self._encoded = encoded
         self._clock = clock
         self._inbox: RoundRobin[str, list[T]] = RoundRobin()

@@ -13,7 +13,7 @@ from worker.inflight import InFlightEvent
 from worker.kafka.records import Record, headers_of
 from worker.metrics import Metrics
 from worker.models import Models
-from worker.nli.base import Classifier, EncodedEvent
+from worker.nli.base import EncodedEvent
 from worker.offsets import OffsetTracker
 from worker.routing import Router
 
@@ -23,8 +23,7 @@ log = logging.getLogger(__name__)
 class Intake:
     """Turns records into in-flight events; the tokenizer runs here, on the polling thread.
 
-    Each event is tokenized by its topic's model (`classifier`: the models, or
-    one classifier for every topic).
+    Each event is tokenized by its topic's model.
 
     While the schema registry cannot be reached, a record that needs it is held,
     with every record read after it (nothing overtakes a held record), and
@@ -35,14 +34,14 @@ class Intake:
     def __init__(
         self,
         router: Router,
-        classifier: Classifier | Models,
+        models: Models,
         tracker: OffsetTracker,
         metrics: Metrics,
         clock: Callable[[], float],
         formats: Formats,
     ) -> None:
         self._router = router
-        self._models = Models.of(classifier)
+        self._models = models
         self._tracker = tracker
         self._metrics = metrics
         self._clock = clock

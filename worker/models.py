@@ -60,11 +60,6 @@ class Models:
         return cls({classifier.model_name: classifier}, {}, classifier.model_name)
 
     @classmethod
-    def of(cls, classifiers: Classifier | Models) -> Models:
-        """`classifiers` itself, or a single classifier as the model of every topic."""
-        return classifiers if isinstance(classifiers, Models) else cls.one(classifiers)
-
-    @classmethod
     def load(
         cls,
         settings: Settings,

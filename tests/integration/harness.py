@@ -23,6 +23,7 @@ from confluent_kafka.admin import (
 from config.settings import Settings
 from worker.app import Worker
 from worker.embedded.tansu import RECOMMENDED_SESSION_TIMEOUT_MS
+from worker.models import Models, forward_budget, load_nli_classifier
 from worker.nli.base import Classifier
 
 # Tansu's group join waits about half the session timeout; Apache Kafka does not mind.
@@ -69,10 +70,15 @@ def make_settings(
 
 
 class RunningWorker:
-    """A worker on a thread of this process, stopped like SIGTERM would stop it."""
+    """A worker on a thread of this process, stopped like SIGTERM would stop it.
+
+    `classifier` is the top-level model's; topics with a model of their own
+    have it loaded here, as `zsc-worker run` would (`Models.load`).
+    """
 
     def __init__(self, settings: Settings, classifier: Classifier) -> None:
-        self.worker = Worker(settings, classifier)
+        models = Models.load(settings, load_nli_classifier, forward_budget(settings), classifier)
+        self.worker = Worker(settings, models)
         self._stop = threading.Event()
         self._failure: list[BaseException] = []
         self._thread = threading.Thread(target=self._serve, name="test-worker", daemon=True)

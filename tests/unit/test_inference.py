@@ -8,6 +8,7 @@ import pytest
 
 from worker.errors import InferenceError
 from worker.inference import Completed, InferenceRunner
+from worker.models import Models
 from worker.nli.base import EncodedEvent, Scores, Task
 from worker.nli.fake import FakeClassifier
 
@@ -21,7 +22,7 @@ def texts_runner(classifier: FakeClassifier) -> InferenceRunner[str | None]:
     def encoded(text: str | None) -> EncodedEvent | None:
         return None if text is None else classifier.encode(text, TASK)
 
-    runner: InferenceRunner[str | None] = InferenceRunner(classifier, encoded)
+    runner: InferenceRunner[str | None] = InferenceRunner(Models.one(classifier), encoded)
     runner.start()
     return runner
 

@@ -12,6 +12,7 @@ from worker.formats import Formats
 from worker.intake import Intake, batch_cost
 from worker.kafka.records import Headers
 from worker.metrics import Health, Metrics
+from worker.models import Models
 from worker.nli.base import EncodedEvent, Task
 from worker.nli.fake import FakeClassifier
 from worker.offsets import OffsetTracker
@@ -53,9 +54,8 @@ def intake(
     tracker, metrics = OffsetTracker(), Metrics()
     tracker.assign((TOPIC, 0))
     formats = formats or Formats(None, RegistryStatus(Health(), lambda: 7.0))
-    taker = Intake(
-        Router([route]), classifier or FakeClassifier(), tracker, metrics, lambda: 7.0, formats
-    )
+    models = Models.one(classifier or FakeClassifier())
+    taker = Intake(Router([route]), models, tracker, metrics, lambda: 7.0, formats)
     return taker, tracker, metrics
 
 

@@ -26,7 +26,8 @@ from tests.integration.harness import make_settings
 from tests.unit.kafka_stubs import Partition, StubConsumer, StubMessage, StubProducer
 from worker.app import Worker
 from worker.errors import KafkaError as ZscKafkaError
-from worker.nli.base import Classifier, EncodedEvent, Scores
+from worker.models import Models
+from worker.nli.base import EncodedEvent, Scores
 from worker.nli.fake import FakeClassifier
 
 TOPIC = "posts"
@@ -74,7 +75,7 @@ class Loop:
         self,
         worker_settings: Settings,
         logs: dict[Partition, list[bytes]],
-        classifier: Classifier | None = None,
+        models: Models | None = None,
         registry: SchemaRegistryClient | None = None,
     ) -> None:
         self.logs = logs
@@ -82,7 +83,7 @@ class Loop:
         self.consumer: StubConsumer | None = None
         self.worker = Worker(
             worker_settings,
-            classifier or FakeClassifier(delay_s=0.04, forward_events=1),
+            models or Models.one(FakeClassifier(delay_s=0.04, forward_events=1)),
             consumer_factory=self._consumer,
             producer_factory=lambda _settings, _on_error: self.producer,  # type: ignore[arg-type,return-value]
             registry_factory=lambda _settings: registry or FlakyRegistry(),
@@ -136,10 +137,10 @@ class Loop:
 def loop(
     worker_settings: Settings,
     logs: dict[Partition, list[bytes]],
-    classifier: Classifier | None = None,
+    models: Models | None = None,
     registry: SchemaRegistryClient | None = None,
 ) -> Iterator[Loop]:
-    running = Loop(worker_settings, logs, classifier, registry)
+    running = Loop(worker_settings, logs, models, registry)
     running.thread.start()
     assert running.ready.wait(SETTLE_TIMEOUT_S)
     try:
@@ -261,7 +262,7 @@ def inference_batches(running: Loop) -> float | None:
 def test_an_event_is_published_before_the_last_forward_pass_of_its_batch() -> None:
     gated = Gated()
     logs = {P0: one_long_then_short(4)}
-    with loop(settings(max_events=4, max_wait_ms=10_000), logs, gated) as running:
+    with loop(settings(max_events=4, max_wait_ms=10_000), logs, Models.one(gated)) as running:
         stub = running.stub
         stub.rebalance("assign", [P0])
         running.wait_until(lambda: running.outputs_of(P0) == [1], "the first pass's event")
@@ -282,7 +283,7 @@ def test_exactly_once_publishes_a_partition_in_offset_order_whatever_order_it_is
     worker_settings = settings(max_events=5, max_wait_ms=10_000).model_copy(
         update={"processing_guarantee": "exactly-once"}
     )
-    with loop(worker_settings, logs, gated) as running:
+    with loop(worker_settings, logs, Models.one(gated)) as running:
         running.producer.consumer = running.stub
         stub = running.stub
         stub.rebalance("assign", [P0, P1])
