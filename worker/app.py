@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaException, Producer
 
 from config.settings import Settings
 from worker.activity import Activity
@@ -250,7 +250,12 @@ class Loop:
         until_due = self.batcher.seconds_until_due()
         timeout = MAX_POLL_BLOCK_S if until_due is None else min(until_due, MAX_POLL_BLOCK_S)
         for _ in range(room):
-            message = self.consumer.poll(timeout)
+            try:
+                message = self.consumer.poll(timeout)
+            except KafkaException as exc:
+                # confluent-kafka raises the consumer's fatal error rather than pass it on.
+                self.connectivity.on_consumer_error(exc.args[0])
+                return
             if message is None:
                 return
             timeout = 0.0

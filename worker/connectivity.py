@@ -38,8 +38,10 @@ class Connectivity:
         self.failure: errors.ZscError | None = None
 
     def on_consumer_error(self, error: KafkaError) -> None:
-        """The consumer's error callback (served by poll), and errors that poll hands out."""
-        if error.fatal():
+        """The consumer's error callback (served by poll), and errors that poll hands out or
+        raises. A fatal one (a static member fenced by another with its `group.instance.id`,
+        say) leaves a consumer that would go on reading as a zombie: the worker stops."""
+        if error.fatal() or error.code() == KafkaError._FATAL:
             self.failure = errors.KafkaError(
                 f"the consumer failed: {error.str()}", code=error.code(), retriable=False
             )

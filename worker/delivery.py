@@ -162,7 +162,10 @@ class Delivery(abc.ABC):
                 if delivery_failure(error) is DeliveryFailure.REJECTED:
                     # Over the producer's own message.max.bytes: refused alone, at once.
                     return str(error.str())
-                self._cannot_produce(exc, record)
+                if producer_failed(error):
+                    self._producer_failed(error)
+                else:
+                    self._cannot_produce(exc, record)
                 return None
         self._produced(record)
         return None
@@ -221,7 +224,7 @@ class Delivery(abc.ABC):
 
     @abc.abstractmethod
     def _cannot_produce(self, exc: KafkaException, record: OutRecord) -> None:
-        """The producer refused to take the record."""
+        """The producer refused to take the record (and has not failed for good)."""
 
     @abc.abstractmethod
     def _producer_failed(self, error: KafkaError) -> None:
@@ -306,10 +309,12 @@ class AtLeastOnce(Delivery):
         raise translate(exc, f"cannot produce to {record.topic!r}") from None
 
     def _producer_failed(self, error: KafkaError) -> None:
-        """The worker stops: an idempotent producer that failed cannot keep its order."""
-        self.failure = errors.KafkaError(
-            f"the producer failed: {error.str()}", code=error.code(), retriable=False
-        )
+        """The worker stops (with the first error seen): an idempotent producer that
+        failed cannot keep its order."""
+        if self.failure is None:
+            self.failure = errors.KafkaError(
+                f"the producer failed: {error.str()}", code=error.code(), retriable=False
+            )
 
     def _store(self) -> None:
         committable = self._tracker.take_committable()
@@ -414,11 +419,7 @@ class ExactlyOnce(Delivery):
         log.info("record for %s lost with its transaction: %s", record.event.source, error.str())
 
     def _cannot_produce(self, exc: KafkaException, record: OutRecord) -> None:
-        error = exc.args[0]
-        if producer_failed(error):
-            self._producer_failed(error)
-            return
-        if error.code() != KafkaError._STATE:
+        if exc.args[0].code() != KafkaError._STATE:
             raise translate(exc, f"cannot produce to {record.topic!r}") from None
         # A transaction that must abort (a record of it was refused) takes no
         # more records: give up its work.

@@ -383,6 +383,10 @@ class WorkerProcess:
         code = self._reap(timeout_s)
         return code, time.monotonic() - started
 
+    def wait_for_exit(self, timeout_s: float) -> int:
+        """Wait for the worker to exit by itself; returns its exit code."""
+        return self._reap(timeout_s)
+
     def wait_for_log(self, text: str, times: int = 1, timeout_s: float = 60.0) -> None:
         """Block until the worker's log (across restarts) holds `text` `times` times."""
         deadline = time.monotonic() + timeout_s

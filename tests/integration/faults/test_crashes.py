@@ -24,6 +24,7 @@ from tests.integration.faults.support import (
     write_config,
 )
 from tests.integration.harness import committed
+from worker.cli import EXIT_RUNTIME
 from worker.kafka.clients import transactional_id
 
 PARTITIONS = 4
@@ -35,6 +36,8 @@ KILLS = 5
 KILL_AFTER_S = (0.2, 2.5)
 SEED = 20240517
 DRAIN_TIMEOUT_S = 90.0
+# A fenced static member learns it at its next heartbeat: seconds.
+FENCED_EXIT_TIMEOUT_S = 30.0
 
 
 @pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
@@ -223,3 +226,45 @@ def test_a_fenced_transactional_producer_is_replaced_while_events_flow(
     assert not lost, f"{len(lost)} events lost, e.g. {sorted(lost)[:10]}"
     assert progress[-1] > progress[0], f"no output between the fences: {progress}"
     assert duplicates == 0, "a read_committed reader sees every output once"
+
+
+def test_a_second_worker_with_the_same_instance_id_stops_the_first_with_a_clear_error(
+    bootstrap_servers: str,
+    event_topics: EventTopics,
+    unique_name: NameFactory,
+    tmp_path: Path,
+) -> None:
+    """Two replicas given one `group.instance.id` (a deployment mistake): the coordinator
+    fences the older, whose consumer then fails for good. It must exit with an error that
+    says why, not a traceback, while the newer one goes on with every partition."""
+    source, sink, dlq = event_topics(PARTITIONS)
+    config = write_config(
+        tmp_path,
+        bootstrap_servers,
+        unique_name("g"),
+        topics_config(source, sink, dlq),
+        consumer={"group.instance.id": "replica"},
+    )
+    first = WorkerProcess(config, tmp_path / "first.log")
+    second = WorkerProcess(config, tmp_path / "second.log")
+    events = 600
+    with worker_processes(first, second), Tally(bootstrap_servers, [sink, dlq]) as tally:
+        stream = EventStream(bootstrap_servers, source, events, EVENTS_PER_S).start()
+        first.start()
+        first.wait_for_log("assigned")
+        second.start()
+        second.wait_for_log("assigned")
+        code = first.wait_for_exit(FENCED_EXIT_TIMEOUT_S)
+        stream.join()
+        tally.wait_for(range(events), DRAIN_TIMEOUT_S)
+        assert second.alive, second.log()[-3000:]
+        second_code, _ = second.terminate(10 + EXIT_MARGIN_S)
+        lost = tally.missing(range(events))
+
+    log = first.log()
+    assert code == EXIT_RUNTIME, log[-3000:]
+    assert "zsc-worker: the consumer failed" in log, log[-3000:]
+    assert "group.instance.id" in log
+    assert "Traceback" not in log, log[-3000:]
+    assert second_code == 0, second.log()[-3000:]
+    assert not lost, f"{len(lost)} events lost, e.g. {sorted(lost)[:10]}"
