@@ -231,7 +231,7 @@ class Loop:
             self.rebalance.rewind()
         self.delivery.prune()
         # Held records wait for the schema registry: nothing more is read meanwhile.
-        self.flow.apply(hold=self.intake.holding)
+        self.flow.apply(held=self.intake.held_partitions)
         self.flow.update_lag()
         self.activity.due()
         self.connectivity.probe(self.consumer)
