@@ -230,7 +230,7 @@ class Loop:
         if not self.delivery.checkpoint():
             self.rebalance.rewind()
         self.delivery.prune()
-        # Held records wait for the schema registry: nothing more is read meanwhile.
+        # Partitions whose records wait for the schema registry are paused; the others read on.
         self.flow.apply(held=self.intake.held_partitions)
         self.flow.update_lag()
         self.activity.due()
