@@ -230,8 +230,8 @@ class Loop:
         if not self.delivery.checkpoint():
             self.rebalance.rewind()
         self.delivery.prune()
-        # Held records wait for the schema registry: nothing more is read meanwhile.
-        self.flow.apply(hold=self.intake.holding)
+        # Partitions whose records wait for the schema registry are paused; the others read on.
+        self.flow.apply(held=self.intake.held_partitions)
         self.flow.update_lag()
         self.activity.due()
         self.connectivity.probe(self.consumer)

@@ -21,7 +21,8 @@ LAG_INTERVAL_S = 5.0
 
 
 class FlowControl:
-    """Backpressure over the whole assignment, and the lag of each partition.
+    """Backpressure over the whole assignment, pauses of single partitions, and the lag of
+    each partition.
 
     librdkafka keeps a partition's pause across its revocation or loss and a
     new assignment, whatever this worker's record of it says: every newly
@@ -62,33 +63,29 @@ class FlowControl:
             with contextlib.suppress(KeyError):
                 self._metrics.consumer_lag.remove(topic, str(partition))
 
-    def apply(self, hold: bool = False) -> None:
-        """Pause every assigned partition while too many events are in flight, or while `hold`
-        (records wait for the schema registry)."""
+    def apply(self, held: Collection[Partition] = ()) -> None:
+        """Pause every assigned partition while too many events are in flight; else only the
+        `held` ones (their records wait for the schema registry)."""
         in_flight = self._tracker.in_flight()
-        if not self._paused and (hold or in_flight >= self._max_in_flight):
+        if not self._paused and in_flight >= self._max_in_flight:
             self._paused = True
             self._metrics.paused.set(1)
-        elif self._paused and not hold and in_flight <= self._max_in_flight // 2:
+        elif self._paused and in_flight <= self._max_in_flight // 2:
             self._paused = False
             self._metrics.paused.set(0)
         assignment = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
         fresh, self._fresh = self._fresh & assignment, self._fresh - assignment
-        # Partitions assigned while paused are paused too; revoked ones drop out.
-        # A fresh one is set either way: it may come paused from an earlier
-        # assignment of it.
-        change = (
-            assignment - (self._paused_partitions - fresh)
-            if self._paused
-            else (self._paused_partitions & assignment) | fresh
-        )
-        if change:
-            partitions = [TopicPartition(topic, partition) for topic, partition in change]
-            if self._paused:
-                self._consumer.pause(partitions)
-            else:
-                self._resume(partitions)
-        self._paused_partitions = assignment if self._paused else set()
+        wanted = assignment if self._paused else assignment & set(held)
+        # Revoked partitions drop out. A fresh one is set either way: it may come
+        # paused from an earlier assignment of it.
+        known = self._paused_partitions - fresh
+        pause = wanted - known
+        resume = ((known & assignment) - wanted) | (fresh - wanted)
+        if pause:
+            self._consumer.pause([TopicPartition(topic, p) for topic, p in pause])
+        if resume:
+            self._resume([TopicPartition(topic, p) for topic, p in resume])
+        self._paused_partitions = wanted
         self._metrics.paused_partitions.set(len(self._paused_partitions))
 
     def stop_reading(self) -> None:

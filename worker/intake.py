@@ -14,7 +14,7 @@ from worker.kafka.records import Record, headers_of
 from worker.metrics import Metrics
 from worker.models import Models
 from worker.nli.base import EncodedEvent
-from worker.offsets import OffsetTracker
+from worker.offsets import OffsetTracker, Partition
 from worker.routing import Router
 
 log = logging.getLogger(__name__)
@@ -26,9 +26,10 @@ class Intake:
     Each event is tokenized by its topic's model.
 
     While the schema registry cannot be reached, a record that needs it is held,
-    with every record read after it (nothing overtakes a held record), and
-    decoded again once the registry answers (`retry`). Held records stay in
-    flight: nothing is committed past them, and the loop stops reading meanwhile.
+    with every record of its partition read after it (nothing overtakes a held
+    record in its partition), and decoded again once the registry answers
+    (`retry`). Held records stay in flight: nothing is committed past them, and
+    their partitions are paused meanwhile (`held_partitions`); the others flow.
     """
 
     def __init__(
@@ -46,12 +47,12 @@ class Intake:
         self._metrics = metrics
         self._clock = clock
         self._formats = formats
-        self._held: deque[InFlightEvent] = deque()
+        self._held: dict[Partition, deque[InFlightEvent]] = {}
 
     @property
-    def holding(self) -> bool:
-        """Whether records wait for the schema registry."""
-        return bool(self._held)
+    def held_partitions(self) -> frozenset[Partition]:
+        """The partitions whose records wait for the schema registry."""
+        return frozenset(self._held)
 
     def take(self, message: Record) -> InFlightEvent | None:
         """The record as an event in flight; None for a stale record, which is dropped, and
@@ -84,28 +85,32 @@ class Intake:
             self._router.route(topic),
             self._clock(),
         )
-        if self._held or not self._decoded(event):
-            self._held.append(event)
+        if event.tp in self._held or not self._decoded(event):
+            self._held.setdefault(event.tp, deque()).append(event)
             return None
         return event
 
     def retry(self) -> list[InFlightEvent]:
-        """The held records the registry lets through now, in the order they were read.
+        """The held records the registry lets through now, each partition's in the order
+        they were read.
 
-        Only once it is time to ask the registry again; records of
-        partitions no longer owned (or rewound) since are dropped.
+        Only once it is time to ask the registry again, and until it fails
+        again; records of partitions no longer owned (or rewound) since are
+        dropped.
         """
         ready: list[InFlightEvent] = []
         if not self._held or not self._formats.retry_due():
             return ready
-        while self._held:
-            event = self._held[0]
-            current = self._tracker.is_current(event.tp, event.epoch)
-            if current and not self._decoded(event):
-                break
-            self._held.popleft()
-            if current:
-                ready.append(event)
+        for tp, held in list(self._held.items()):
+            while held:
+                event = held[0]
+                current = self._tracker.is_current(tp, event.epoch)
+                if current and not self._decoded(event):
+                    return ready
+                held.popleft()
+                if current:
+                    ready.append(event)
+            del self._held[tp]
         return ready
 
     def _decoded(self, event: InFlightEvent) -> bool:

@@ -108,13 +108,13 @@ class Metrics:
         )
         self.paused = Gauge(
             "zsc_paused",
-            "1 while input partitions are paused: backpressure, or records waiting for the"
-            " schema registry.",
+            "1 while every input partition is paused for backpressure.",
             registry=r,
         )
         self.paused_partitions = Gauge(
             "zsc_paused_partitions",
-            "Input partitions paused for backpressure now.",
+            "Input partitions paused now: every one under backpressure, else those whose"
+            " records wait for the schema registry.",
             registry=r,
         )
         self.model = Info(

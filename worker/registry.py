@@ -102,9 +102,14 @@ class RegistryStatus:
     def call(self, what: str, request: Callable[[], T], theirs: ErrorTest) -> T:
         """Make a registry request; RegistryUnavailable when the registry is away.
 
-        A SchemaRegistryError that `theirs` accepts (`unknown_schema`,
-        `schema_refused`) is the caller's to handle: it is raised as it is.
+        Between the retries of an outage it fails at once, asking nothing: a
+        registry that timed out would hold up the loop for each partition that
+        needs it. A SchemaRegistryError that `theirs` accepts
+        (`unknown_schema`, `schema_refused`) is the caller's to handle: it is
+        raised as it is.
         """
+        if self.down and not self.retry_due():
+            raise errors.RegistryUnavailable("waiting to ask again")
         try:
             result = request()
         except REGISTRY_ERRORS as exc:

@@ -107,13 +107,17 @@ def test_stale_records_are_dropped_and_counted() -> None:
 def test_records_wait_behind_one_the_registry_cannot_decode_yet_and_follow_it_in_order() -> None:
     registry = FlakyRegistry()
     taker, tracker, _ = intake(formats=registry)
+    tracker.assign((TOPIC, 1))
     assert taker.take(record(0, b"\x00" + orjson.dumps({"text": "needs the registry"}))) is None
     assert taker.take(record(1, orjson.dumps({"text": "plain, but after it"}))) is None
-    assert taker.holding and tracker.in_flight() == 2, "held records stay in flight"
-    assert taker.retry() == [] and taker.holding
+    other = taker.take(record(0, orjson.dumps({"text": "another partition"}), partition=1))
+    assert other is not None, "another partition's records do not wait"
+    assert taker.held_partitions == {(TOPIC, 0)}
+    assert tracker.in_flight() == 3, "held records stay in flight"
+    assert taker.retry() == [] and taker.held_partitions
     registry.down = False
     let_through = taker.retry()
-    assert [event.offset for event in let_through] == [0, 1] and not taker.holding
+    assert [event.offset for event in let_through] == [0, 1] and not taker.held_partitions
     assert all(event.encoded is not None and event.rejection is None for event in let_through)
     assert [event.decoded.text for event in let_through if event.decoded] == [
         "needs the registry",
@@ -127,7 +131,7 @@ def test_a_held_record_of_a_partition_rewound_or_revoked_meanwhile_is_dropped() 
     assert taker.take(record(0, b"\x00" + orjson.dumps({"text": "held"}))) is None
     tracker.assign((TOPIC, 0))  # a new epoch: its owner reads it again
     registry.down = False
-    assert taker.retry() == [] and not taker.holding
+    assert taker.retry() == [] and not taker.held_partitions
 
 
 # The fake's pairs are words: 3 for "It is {}." plus 4 special tokens leave 13 of 20.

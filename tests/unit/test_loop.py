@@ -199,14 +199,21 @@ def test_shutdown_commits_what_was_delivered_and_closes() -> None:
     assert sorted(running.outputs_of(P0)) == list(range(30)), "each once, in a clean run"
 
 
-def test_records_wait_while_the_registry_is_away_and_nothing_is_committed_past_them() -> None:
-    registry = FlakyRegistry()
+def avro_records(registry: SchemaRegistryClient, count: int) -> list[bytes]:
+    """Avro records of TOPIC, their schema registered in `registry`."""
     schema = '{"type": "record", "name": "Post", "fields": [{"name": "text", "type": "string"}]}'
     serialize = AvroSerializer(registry, schema, conf={"subject.name.strategy.type": "TOPIC"})
     context = SerializationContext(TOPIC, MessageField.VALUE)
-    logs = {P0: [serialize({"text": f"event number {i}"}, context) for i in range(30)]}
-    topics = [{"input": TOPIC, "output": "posts.out", "labels": ["a", "b"], "format": "avro"}]
-    avro = make_settings(
+    return [serialize({"text": f"event number {i}"}, context) for i in range(count)]
+
+
+def avro_settings(*more_topics: dict[str, Any]) -> Settings:
+    """TOPIC in Avro through a schema registry, and `more_topics`."""
+    topics = [
+        {"input": TOPIC, "output": "posts.out", "labels": ["a", "b"], "format": "avro"},
+        *more_topics,
+    ]
+    return make_settings(
         "stub:9092",
         "stub-group",
         topics,
@@ -214,7 +221,12 @@ def test_records_wait_while_the_registry_is_away_and_nothing_is_committed_past_t
         schema_registry={"url": "http://registry:8081"},
         shutdown_timeout_s=5,
     )
-    with loop(avro, logs, registry=registry) as running:
+
+
+def test_records_wait_while_the_registry_is_away_and_nothing_is_committed_past_them() -> None:
+    registry = FlakyRegistry()
+    logs = {P0: avro_records(registry, 30)}
+    with loop(avro_settings(), logs, registry=registry) as running:
         stub = running.stub
         registry.down = True
         stub.rebalance("assign", [P0])
@@ -226,6 +238,24 @@ def test_records_wait_while_the_registry_is_away_and_nothing_is_committed_past_t
         running.wait_until(running.all_committed, "everything read once the registry is back")
         assert running.worker.health.ready and stub.paused == set()
     assert [topic for topic, _ in running.producer.sent] == ["posts.out"] * 30
+
+
+def test_a_partition_held_for_the_registry_leaves_the_others_flowing() -> None:
+    registry = FlakyRegistry()
+    notes = ("notes", 0)
+    logs = {P0: avro_records(registry, 10), notes: events(10)}
+    json_topic = {"input": "notes", "output": "notes.out", "labels": ["a", "b"]}
+    with loop(avro_settings(json_topic), logs, registry=registry) as running:
+        stub = running.stub
+        registry.down = True
+        stub.rebalance("assign", [P0, notes])
+        running.wait_until(lambda: P0 in stub.paused, "the Avro partition paused")
+        running.wait_until(lambda: stub.committed.get(notes) == 10, "the JSON topic went on")
+        assert notes not in stub.paused
+        assert stub.committed.get(P0, 0) == 0, "nothing committed past the held record"
+        registry.down = False
+        running.wait_until(running.all_committed, "the Avro partition once the registry is back")
+        assert stub.paused == set()
 
 
 class Gated(FakeClassifier):

@@ -90,9 +90,23 @@ def test_an_outage_makes_the_worker_unready_backs_off_and_ends_when_the_registry
         with pytest.raises(RegistryUnavailable):
             status.call("schema 7", failing(server_error()), unknown_schema)
         assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
+        clock.now += MAX_RETRY_S
         assert status.call("schema 7", lambda: "the schema", unknown_schema) == "the schema"
     assert health.ready and not status.down
     assert "answers again" in caplog.records[-1].getMessage()
+
+
+def test_between_the_retries_of_an_outage_a_call_fails_at_once_asking_nothing() -> None:
+    clock = Clock()
+    status = RegistryStatus(Health(), clock)
+    with pytest.raises(RegistryUnavailable):
+        status.call("schema 7", failing(server_error()), unknown_schema)
+    asked: list[str] = []
+    with pytest.raises(RegistryUnavailable):
+        status.call("schema 8", lambda: asked.append("schema 8"), unknown_schema)
+    assert asked == [], "a registry that timed out would hold the loop up once per call"
+    clock.now += FIRST_RETRY_S
+    assert status.call("schema 8", lambda: "the schema", unknown_schema) == "the schema"
 
 
 def test_an_error_the_caller_handles_is_raised_as_it_is_and_is_no_outage() -> None:
