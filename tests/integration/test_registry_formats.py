@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import yaml
 from confluent_kafka.schema_registry import SchemaRegistryClient
@@ -273,8 +274,10 @@ def test_a_registry_outage_mid_stream_holds_records_and_loses_nothing(
 ) -> None:
     """Paused: the registry's process stopped, requests time out. Cut off: every connection
     through a proxy closed as soon as it opens (tests.integration.faults.proxy), as a
-    registry behind a failed network looks; its schemas are still there when it is back."""
+    registry behind a failed network looks; its schemas are still there when it is back.
+    A plain JSON topic of the same worker needs no registry: it flows meanwhile."""
     source, sink, dlq = fresh_topics(bootstrap_servers)
+    plain_source, plain_sink, plain_dlq = fresh_topics(bootstrap_servers)
     client = SchemaRegistryClient({"url": schema_registry.url})
     before = avro_serializer(client, POST)
     # A second version of the schema, registered now but new to the worker: its
@@ -293,9 +296,13 @@ def test_a_registry_outage_mid_stream_holds_records_and_loses_nothing(
     settings = make_settings(
         bootstrap_servers,
         group,
-        [topic_entry(source, sink, dlq, "avro")],
+        [
+            topic_entry(source, sink, dlq, "avro"),
+            topic_entry(plain_source, plain_sink, plain_dlq, "json"),
+        ],
         schema_registry={"url": url_at(gate_port)},
     )
+    plain = [orjson.dumps({"id": i, "text": f"plain {i}"}) for i in range(10)]
     with gate, running(settings, FakeClassifier()) as worker:
         produce(bootstrap_servers, source, first)
         assert len(read(bootstrap_servers, [sink], len(first), settle_s=0)) == len(first)
@@ -304,6 +311,10 @@ def test_a_registry_outage_mid_stream_holds_records_and_loses_nothing(
         else:
             gate.cut()
         produce(bootstrap_servers, source, second)
+        # Held records hold only their own partition.
+        produce(bootstrap_servers, plain_source, plain)
+        flowed = read(bootstrap_servers, [plain_sink], len(plain), timeout_s=OUTAGE_S, settle_s=0)
+        assert len(flowed) == len(plain)
         time.sleep(OUTAGE_S)
         # Nothing of the second part passed; nothing was committed past it.
         assert not worker.worker.health.ready
