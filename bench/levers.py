@@ -113,10 +113,10 @@ def variants(model_dir: str, dtype: torch.dtype, with_compile: bool) -> list[Var
     found = [
         Variant(
             f"default: budget {CPU_MAX_BATCH_TOKENS}, padding guard from {CPU_MIN_BATCH_TOKENS}, "
-            "last decoder layer on the pooled row",
+            "last layer on the pooled row",
             default,
         ),
-        Variant("last decoder layer on every row", classifier(loaded(pooled=False))),
+        Variant("last layer on every row", classifier(loaded(pooled=False))),
         Variant("GELU as an operator of its own", classifier(loaded(fused=False))),
         # A guard that starts at the budget never fires: the greedy fill of before.
         Variant(

@@ -78,6 +78,15 @@ FULL_BART: dict[str, Any] = {
     "encoder_ffn_dim": 4096,
     "decoder_ffn_dim": 4096,
 }
+# DeBERTa-v3-base's layers (MoritzLaurer/DeBERTa-v3-base-mnli-fever-anli and kin).
+FULL_DEBERTA: dict[str, Any] = {
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "pooler_hidden_size": 768,
+    "initializer_range": 0.02,
+}
 TINY_BART: dict[str, Any] = {
     "d_model": 32,
     "encoder_layers": 2,
@@ -226,17 +235,22 @@ def build_deberta(
     multilingual: bool = False,
     model_max_length: int = DEBERTA_MAX_LENGTH,
     type_vocab_size: int = 0,
+    size: str = "tiny",
 ) -> Path:
-    """Write a tiny DeBERTa-v2 NLI model (random weights) and its tokenizer to `path`.
+    """Write a DeBERTa-v2 NLI model (random weights) and its tokenizer to `path`.
 
     `type_vocab_size` 2 gives a model that uses token type ids (as BERT does).
+    `size` full is DeBERTa-v3-base's shape but for its vocabulary (the local one).
     """
+    shapes = {"tiny": TINY_DEBERTA, "full": TINY_DEBERTA | FULL_DEBERTA}
+    if size not in shapes:
+        raise ValueError(f"size must be one of {sorted(shapes)}, got {size!r}")
     tokenizer = deberta_tokenizer(multilingual, model_max_length)
     config = DebertaV2Config(
         vocab_size=len(tokenizer),
         type_vocab_size=type_vocab_size,
         pad_token_id=tokenizer.pad_token_id,
-        **TINY_DEBERTA,
+        **shapes[size],
         **_labels(id2label),
     )
     torch.manual_seed(SEED)
@@ -250,19 +264,20 @@ def build_deberta(
 def main(argv: list[str] | None = None) -> None:
     """`python -m tests.models bart|deberta --out DIR`: write a random-weight model directory.
 
-    Benchmarks use `--size full` for distilbart-mnli-12-3's exact shape.
+    Benchmarks use `--size full` for distilbart-mnli-12-3's exact shape (DeBERTa: v3-base's
+    layers).
     """
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m tests.models", description=main.__doc__)
     parser.add_argument("family", choices=["bart", "deberta"])
     parser.add_argument("--out", required=True, type=Path, help="directory to write")
-    parser.add_argument("--size", choices=["tiny", "full"], default="tiny", help="bart only")
+    parser.add_argument("--size", choices=["tiny", "full"], default="tiny")
     args = parser.parse_args(argv)
     if args.family == "bart":
         build_bart(args.out, size=args.size)
     else:
-        build_deberta(args.out)
+        build_deberta(args.out, size=args.size)
     print(args.out)
 
 

@@ -85,7 +85,10 @@ LOGITS = "logits"
 # Runtime runs fused.
 OPSET = 17
 # Bump when the export or the quantization recipe changes: old caches are then ignored.
-RECIPE = "export-v2 (BART: last layer on the pooled row), int8: dynamic, MatMul weights per tensor"
+RECIPE = (
+    "export-v3 (BART, DeBERTa-v2: last layer on the pooled row), int8"
+    ": dynamic, MatMul weights per tensor"
+)
 CACHE_DIR = "zsc-worker/onnx"
 # The digest hashes small tensors whole (biases, norms, a classification head:
 # what a light fine-tune changes alone) and an even sample of each larger one,
