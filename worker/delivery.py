@@ -385,6 +385,11 @@ class ExactlyOnce(Delivery):
         """Abort the open transaction: it may hold outputs of partitions owned elsewhere now."""
         return self._transactions.lost()
 
+    def forget(self, partitions: Collection[Partition]) -> None:
+        """Partitions no longer owned: neither their refusals nor their commits count."""
+        super().forget(partitions)
+        self._transactions.forget(partitions)
+
     def durable_positions(self) -> Mapping[Partition, int]:
         """The positions committed by this worker since it was assigned each partition."""
         return self._transactions.durable_positions()

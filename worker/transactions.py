@@ -17,7 +17,7 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
@@ -137,6 +137,8 @@ class TransactionalCommitter:
         self._opened_at = 0.0
         self._sending: _OffsetsCall | None = None
         self._committed: dict[Partition, int] = {}
+        # Partitions forgotten since the offsets being sent were taken.
+        self._forgotten: set[Partition] = set()
         self._record_failed = False
         self._failure: KafkaError | None = None
 
@@ -191,10 +193,10 @@ class TransactionalCommitter:
         except KafkaException as exc:
             return self._recover(exc, "committing the transaction")
         assert self._sending is not None
-        assigned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
         for tp in self._sending.offsets:
-            if (tp.topic, tp.partition) in assigned:
-                self._committed[(tp.topic, tp.partition)] = tp.offset
+            partition = (tp.topic, tp.partition)
+            if partition not in self._forgotten:
+                self._committed[partition] = tp.offset
         self._begin()
         return True
 
@@ -210,11 +212,18 @@ class TransactionalCommitter:
         if kept and self._state is _Transaction.OPEN and self._uncommitted_positions():
             log.warning("the transaction cannot commit before the revocation: aborting it")
             kept = self.abandon()
-        for tp in partitions:
-            self._committed.pop((tp.topic, tp.partition), None)
         if not kept:
             log.warning("transaction aborted at revocation: the new owners redo its events")
         return kept
+
+    def forget(self, partitions: Collection[Partition]) -> None:
+        """Partitions no longer ours, revoked or lost: what this worker committed of them,
+        or has yet to hear it committed, says nothing of where a later assignment of them
+        starts (another owner may have committed past it meanwhile). That start is what
+        the new assignment reads first, until this worker commits again."""
+        for partition in partitions:
+            self._committed.pop(partition, None)
+        self._forgotten.update(partitions)
 
     def lost(self) -> bool:
         """Abort: the open transaction may hold outputs of partitions we no longer own.
@@ -271,6 +280,7 @@ class TransactionalCommitter:
             return
         metadata = self._consumer.consumer_group_metadata()
         self._sending = _OffsetsCall(self._producer, offsets, metadata, self._clock())
+        self._forgotten = set()
         self._state = _Transaction.SENDING
 
     def _uncommitted_positions(self) -> list[TopicPartition]:

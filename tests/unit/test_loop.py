@@ -348,6 +348,30 @@ def test_exactly_once_replaces_a_fenced_producer_and_redoes_its_transaction(
             assert running.outputs_of(tp) == list(range(count)), "each output once, in order"
 
 
+def test_exactly_once_rewinds_a_partition_lost_and_assigned_again_to_where_the_group_stands() -> (
+    None
+):
+    """Another owner went on while the partition was away: a rewind before this worker's
+    first commit of the new assignment restarts where that assignment started."""
+    logs = {P0: events(10)}
+    worker_settings = settings().model_copy(update={"processing_guarantee": "exactly-once"})
+    with loop(worker_settings, logs) as running:
+        stub, producer = running.stub, running.producer
+        producer.consumer = stub
+        stub.rebalance("assign", [P0])
+        running.wait_until(running.all_committed, "the first 10 committed")
+        stub.rebalance("lost", [P0])
+        running.wait_until(lambda: not stub.events, "the loss served")
+        # The next owner did offsets 10 to 19 and committed them.
+        logs[P0].extend(events(30)[10:])
+        stub.committed[P0] = 20
+        # This worker's first output of the new assignment fails: abort, rewind.
+        producer.fail(1)
+        stub.rebalance("assign", [P0])
+        running.wait_until(running.all_committed, "the rest committed")
+        assert running.outputs_of(P0) == [*range(10), *range(20, 30)]
+
+
 def test_at_least_once_stops_with_the_error_when_its_producer_fails_for_good() -> None:
     running = Loop(settings(), {P0: events(30)})
     running.thread.start()

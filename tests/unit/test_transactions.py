@@ -184,6 +184,37 @@ def test_losing_partitions_mid_commit_completes_the_commit() -> None:
     assert "abort" not in producer.calls
 
 
+def test_a_partition_lost_keeps_nothing_of_what_was_committed_of_it() -> None:
+    """Its next assignment starts where the group committed, perhaps past this worker's
+    commits (another owner went on meanwhile): a rewind restarts there, not before."""
+    producer = StubProducer()
+    checkpointer, tracker = committer([producer])
+    produce(tracker, 0)
+    assert checkpointer.checkpoint(force=True)
+    assert checkpointer.durable_positions() == {TP: 1}
+    assert not checkpointer.lost()
+    checkpointer.forget([TP])
+    assert checkpointer.durable_positions() == {}
+
+
+def test_a_commit_heard_after_its_partition_was_lost_and_assigned_again_is_not_the_new_ones() -> (
+    None
+):
+    producer = StubProducer()
+    checkpointer, tracker = committer([producer])
+    produce(tracker, 0)
+    producer.fail["commit"] = [timed_out(), timed_out()]
+    assert checkpointer.checkpoint(force=True)
+    assert checkpointer.lost()
+    checkpointer.forget([TP])
+    assert checkpointer.checkpoint(), "the commit is retried"
+    tracker.revoke(TP)
+    tracker.assign(TP, 7)  # where the group stands now, past this commit
+    assert checkpointer.checkpoint()
+    assert producer.calls.count("commit") == 3 and checkpointer.producing
+    assert checkpointer.durable_positions() == {}, "the new assignment starts at 7"
+
+
 def test_losing_partitions_aborts_an_open_transaction() -> None:
     producer = StubProducer()
     checkpointer, tracker = committer([producer])
