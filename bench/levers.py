@@ -29,6 +29,7 @@ from worker.nli.classifier import NLIClassifier, load_classifier
 from worker.nli.fused import fuse_feed_forward_gelu
 from worker.nli.loading import LoadedModel, load_model, resolve_dtype
 from worker.nli.pooled import pool_last_layer
+from worker.nli.relative import window_relative_attention
 
 CPU = torch.device("cpu")
 # The worker's batching defaults (config/settings.py).
@@ -95,14 +96,17 @@ def variants(model_dir: str, dtype: torch.dtype, with_compile: bool) -> list[Var
     """The default classifier first (in torch, in `dtype`), then one variant per lever."""
 
     def loaded(
-        attention: str | None = None, pooled: bool = True, fused: bool = True
+        attention: str | None = None, pooled: bool = True, fused: bool = True, windowed: bool = True
     ) -> LoadedModel:
         model = load_model(model_dir, CPU, dtype, attention)
         if pooled:
             pool_last_layer(model.model)
-        # As load_classifier does: bfloat16 on a CPU fuses GELU into its product.
+        # As load_classifier does: bfloat16 on a CPU fuses GELU into its product,
+        # and DeBERTa's relative terms cover the distances present.
         if fused and dtype == torch.bfloat16:
             fuse_feed_forward_gelu(model.model)
+        if windowed:
+            window_relative_attention(model.model)
         return model
 
     def classifier(model: LoadedModel, **options: int) -> NLIClassifier:
@@ -118,6 +122,7 @@ def variants(model_dir: str, dtype: torch.dtype, with_compile: bool) -> list[Var
         ),
         Variant("last layer on every row", classifier(loaded(pooled=False))),
         Variant("GELU as an operator of its own", classifier(loaded(fused=False))),
+        Variant("DeBERTa's relative terms over every bucket", classifier(loaded(windowed=False))),
         # A guard that starts at the budget never fires: the greedy fill of before.
         Variant(
             "greedy fill, no padding guard", classifier(sdpa, min_batch_tokens=CPU_MAX_BATCH_TOKENS)

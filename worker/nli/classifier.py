@@ -32,6 +32,7 @@ from worker.nli.loading import load_model, resolve_device, resolve_dtype
 from worker.nli.onnx_runtime import FLOAT32, INT8, load_onnx
 from worker.nli.pairs import PairEncoder, Pairs, pairs_of
 from worker.nli.pooled import pool_last_layer
+from worker.nli.relative import window_relative_attention
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +273,9 @@ def load_classifier(
     if torch_device.type == "cpu" and torch_dtype == torch.bfloat16:
         fuse_feed_forward_gelu(model)
     if torch_device.type != "cpu" or torch_dtype != torch.float32:
+        # DeBERTa's relative terms on the distances present (see relative); an ONNX
+        # export keeps transformers' own, which it can trace.
+        window_relative_attention(model)
         return NLIClassifier.of_model(name, tokenizer, model, max_batch_tokens)
     # float32 and int8 on a CPU run in ONNX Runtime (see worker.nli.onnx_runtime).
     try:
