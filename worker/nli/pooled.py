@@ -33,6 +33,7 @@ from transformers.models.deberta_v2.modeling_deberta_v2 import (
 )
 
 from worker.errors import InferenceError, ModelError
+from worker.nli.relative import attend, content_scores, position_keys, position_queries
 
 
 class PooledRowLayer(nn.Module):
@@ -157,22 +158,9 @@ def _first_row_attention(
     query of its distance), under the first row of the (batch, 1, queries,
     keys) mask.
     """
-    heads = attention.num_attention_heads
-    batch = hidden_states.shape[0]
-
-    def per_head(states: torch.Tensor) -> torch.Tensor:
-        """(batch, rows, hidden) as (batch, heads, rows, head size)."""
-        split = attention.transpose_for_scores(states, heads)
-        return split.view(states.shape[0], heads, *split.shape[1:])
-
-    query = per_head(attention.query_proj(hidden_states[:, :1]))
-    key = per_head(attention.key_proj(hidden_states))
-    value = per_head(attention.value_proj(hidden_states))
-    kinds = attention.pos_att_type
-    scale_factor = 1 + ("c2p" in kinds) + ("p2c" in kinds)
-    scale = torch.sqrt(torch.tensor(query.size(-1), dtype=torch.float) * scale_factor)
-    scale = scale.to(dtype=query.dtype)
-    scores = torch.matmul(query, key.transpose(-1, -2) / scale)
+    query, key, value, scale, scores = content_scores(
+        attention, hidden_states[:, :1], hidden_states
+    )
     if attention.relative_attention:
         if relative_pos is None or rel_embeddings is None:
             raise InferenceError("the pooled last layer ran without relative positions")
@@ -180,25 +168,16 @@ def _first_row_attention(
         # (queries, keys) distances: the first row's to every key, every key's to it.
         distances = relative_pos.reshape(relative_pos.shape[-2:]).to(torch.long)
         positions = rel_embeddings[: span * 2].unsqueeze(0)
-        if "c2p" in kinds:
-            projection = attention.key_proj if attention.share_att_key else attention.pos_key_proj
-            by_distance = torch.matmul(query, per_head(projection(positions)).transpose(-1, -2))
+        if "c2p" in attention.pos_att_type:
+            by_distance = torch.matmul(query, position_keys(attention, positions))
             index = torch.clamp(distances[0] + span, 0, span * 2 - 1)
             scores = scores + by_distance[..., index] / scale
-        if "p2c" in kinds:
-            projection = (
-                attention.query_proj if attention.share_att_key else attention.pos_query_proj
-            )
+        if "p2c" in attention.pos_att_type:
             index = torch.clamp(-distances[:, 0] + span, 0, span * 2 - 1)
             # Each key against the position query of its own distance: one product per key.
-            position_queries = per_head(projection(positions))[:, :, index]
-            scores = scores + (key * position_queries).sum(-1).unsqueeze(2) / scale
-    mask = attention_mask[:, :, :1].bool()
-    probabilities = nn.functional.softmax(
-        scores.masked_fill(~mask, torch.finfo(query.dtype).min), dim=-1
-    )
-    context = torch.matmul(probabilities, value)
-    return context.permute(0, 2, 1, 3).reshape(batch, 1, -1)
+            by_key = position_queries(attention, positions)[..., index].transpose(-1, -2)
+            scores = scores + (key * by_key).sum(-1).unsqueeze(2) / scale
+    return attend(scores, attention_mask[:, :, :1], value)
 
 
 def pool_last_layer(model: PreTrainedModel) -> bool:

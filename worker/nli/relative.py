@@ -68,38 +68,61 @@ class WindowedRelativeAttention(nn.Module):
                 relative_pos=relative_pos,
                 rel_embeddings=rel_embeddings,
             )
-        heads = attention.num_attention_heads
-        batch = hidden_states.shape[0]
-
-        def per_head(states: torch.Tensor) -> torch.Tensor:
-            """(batch, rows, hidden) as (batch, heads, rows, head size)."""
-            split = attention.transpose_for_scores(states, heads)
-            return split.view(states.shape[0], heads, *split.shape[1:])
-
-        query = per_head(attention.query_proj(hidden_states))
-        key = per_head(attention.key_proj(hidden_states))
-        value = per_head(attention.value_proj(hidden_states))
-        kinds = attention.pos_att_type
-        scale_factor = 1 + ("c2p" in kinds) + ("p2c" in kinds)
-        scale = torch.sqrt(torch.tensor(query.size(-1), dtype=torch.float) * scale_factor)
-        scale = scale.to(dtype=query.dtype)
-        scores = torch.matmul(query, key.transpose(-1, -2) / scale)
+        query, key, value, scale, scores = content_scores(attention, hidden_states, hidden_states)
         positions, reads = _relative_reads(attention, length, relative_pos, rel_embeddings)
-        if "c2p" in kinds:
-            projection = attention.key_proj if attention.share_att_key else attention.pos_key_proj
-            by_distance = torch.matmul(query, per_head(projection(positions.c2p)).transpose(-1, -2))
+        if "c2p" in attention.pos_att_type:
+            by_distance = torch.matmul(query, position_keys(attention, positions.c2p))
             scores = scores + reads.c2p(by_distance) / scale
-        if "p2c" in kinds:
-            projection = (
-                attention.query_proj if attention.share_att_key else attention.pos_query_proj
-            )
-            by_distance = torch.matmul(key, per_head(projection(positions.p2c)).transpose(-1, -2))
+        if "p2c" in attention.pos_att_type:
+            by_distance = torch.matmul(key, position_queries(attention, positions.p2c))
             scores = scores + reads.p2c(by_distance).transpose(-1, -2) / scale
-        probabilities = nn.functional.softmax(
-            scores.masked_fill(~attention_mask.bool(), torch.finfo(query.dtype).min), dim=-1
-        )
-        context = torch.matmul(probabilities, value)
-        return context.permute(0, 2, 1, 3).reshape(batch, length, -1), None
+        return attend(scores, attention_mask, value), None
+
+
+def per_head(attention: DisentangledSelfAttention, states: torch.Tensor) -> torch.Tensor:
+    """(batch, rows, hidden) as (batch, heads, rows, head size)."""
+    heads = attention.num_attention_heads
+    split = attention.transpose_for_scores(states, heads)
+    return split.view(states.shape[0], heads, *split.shape[1:])
+
+
+def content_scores(
+    attention: DisentangledSelfAttention, query_states: torch.Tensor, hidden_states: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries (of `query_states`' rows), keys and values per head, the scale every term
+    is divided by, and the content-to-content scores, as transformers computes them."""
+    query = per_head(attention, attention.query_proj(query_states))
+    key = per_head(attention, attention.key_proj(hidden_states))
+    value = per_head(attention, attention.value_proj(hidden_states))
+    kinds = attention.pos_att_type
+    scale_factor = 1 + ("c2p" in kinds) + ("p2c" in kinds)
+    scale = torch.sqrt(torch.tensor(query.size(-1), dtype=torch.float) * scale_factor)
+    scale = scale.to(dtype=query.dtype)
+    return query, key, value, scale, torch.matmul(query, key.transpose(-1, -2) / scale)
+
+
+def position_keys(attention: DisentangledSelfAttention, positions: torch.Tensor) -> torch.Tensor:
+    """The (1, heads, head size, buckets) keys of position embeddings, for content to
+    position."""
+    projection = attention.key_proj if attention.share_att_key else attention.pos_key_proj
+    return per_head(attention, projection(positions)).transpose(-1, -2)
+
+
+def position_queries(attention: DisentangledSelfAttention, positions: torch.Tensor) -> torch.Tensor:
+    """The (1, heads, head size, buckets) queries of position embeddings, for position to
+    content."""
+    projection = attention.query_proj if attention.share_att_key else attention.pos_query_proj
+    return per_head(attention, projection(positions)).transpose(-1, -2)
+
+
+def attend(scores: torch.Tensor, mask: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Softmax of the (batch, heads, rows, keys) scores under the mask, over the values:
+    (batch, rows, hidden)."""
+    probabilities = nn.functional.softmax(
+        scores.masked_fill(~mask.bool(), torch.finfo(scores.dtype).min), dim=-1
+    )
+    context = torch.matmul(probabilities, value)
+    return context.permute(0, 2, 1, 3).reshape(scores.shape[0], scores.shape[2], -1)
 
 
 class _Terms(NamedTuple, Generic[T]):
