@@ -3,11 +3,9 @@
 transformers scores each layer's content-to-position and position-to-content
 terms against every relative-position bucket (512 in DeBERTa-v3), then
 gathers the n columns each of the n rows needs through an index as large as
-the attention matrix, copied out per head. On pairs of a few hundred tokens
-that is most of a bfloat16 forward pass on a CPU: in one profile of
-DeBERTa-v3-base's shape (64 pairs of 270 tokens, 2-core Zen 4) the gathers'
-index copies took 32% of it and the all-bucket products 14%, against 22% for
-every projection and feed-forward together.
+the attention matrix, copied out per head: for a pair of n tokens, products
+over 512 columns a row where 2n - 1 distances occur, and an n-by-n index per
+head.
 
 Where the distances are plain (no log bucket reached: |i - j| at most half the
 buckets, so pairs of up to 129 tokens in v3, any length within the span
