@@ -13,6 +13,12 @@ Runtime's dynamic quantization (optimum's AVX512-VNNI recipe): MatMul weights
 in int8, per tensor; activations quantized to uint8 batch by batch; softmax
 and layer norms stay in float32.
 
+The export traces transformers' eager attention, not SDPA: torch exports SDPA
+with a guard against rows whose every key is masked (IsNaN and Where over
+every attention score), a pass over the batch x heads x tokens x tokens
+scores of every layer that the eager graph (mask added, then softmax) does
+without. The scores are the same.
+
 bfloat16 stays in torch: ONNX Runtime's CPU kernels have no fast bfloat16
 path. The export (and quantization) takes from seconds to a minute, so its
 result is cached under XDG_CACHE_HOME (~/.cache) by a digest of the weights,
@@ -81,12 +87,14 @@ FLOAT32 = "float32"
 INT8 = "int8"
 PRECISIONS = (FLOAT32, INT8)
 LOGITS = "logits"
+# The attention the export traces (see the module's docstring).
+EAGER = "eager"
 # ONNX operator set of the export: 17 has LayerNormalization, which ONNX
 # Runtime runs fused.
 OPSET = 17
 # Bump when the export or the quantization recipe changes: old caches are then ignored.
 RECIPE = (
-    "export-v3 (BART, DeBERTa-v2: last layer on the pooled row), int8"
+    "export-v4 (BART, DeBERTa-v2: last layer on the pooled row; eager attention), int8"
     ": dynamic, MatMul weights per tensor"
 )
 CACHE_DIR = "zsc-worker/onnx"
@@ -172,7 +180,7 @@ def export(
     axes = {name: {0: "pairs", 1: "tokens"} for name in names} | {LOGITS: {0: "pairs"}}
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         float32 = target if precision == FLOAT32 else Path(scratch) / "model.float32.onnx"
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _attention(model, EAGER):
             # The tracer warns about every Python branch on a shape; the example
             # has padding, and the caller checks the graph against torch.
             warnings.simplefilter("ignore")
@@ -195,6 +203,17 @@ def export(
                 weight_type=QuantType.QInt8,
                 extra_options={"MatMulConstBOnly": True},
             )
+
+
+@contextlib.contextmanager
+def _attention(model: PreTrainedModel, implementation: str) -> Iterator[None]:
+    """`model` with attention `implementation` for the block, its own again after."""
+    own = model.config._attn_implementation
+    model.set_attn_implementation(implementation)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(own)
 
 
 class _FromQuantizer(logging.Filter):

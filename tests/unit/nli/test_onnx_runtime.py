@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -21,7 +22,7 @@ from worker.nli import classifier as classifier_module
 from worker.nli import onnx_runtime
 from worker.nli.base import Task
 from worker.nli.classifier import NLIClassifier, load_classifier
-from worker.nli.forward import TorchForward
+from worker.nli.forward import TorchForward, model_inputs
 from worker.nli.loading import load_model
 from worker.nli.onnx_runtime import MODEL_FILE, OnnxForward
 
@@ -67,6 +68,17 @@ def test_float32_runs_in_onnx_runtime_with_torchs_scores(
     np.testing.assert_allclose(
         scores(float32, texts), scores(in_torch(model_dir), texts), atol=FLOAT32_TOLERANCE
     )
+
+
+def test_the_export_traces_eager_attention_and_gives_the_model_back_as_it_was(
+    tiny_bart_dir: Path, tmp_path: Path
+) -> None:
+    tokenizer, model = load_model(str(tiny_bart_dir), torch.device("cpu"), torch.float32, "sdpa")
+    target = tmp_path / MODEL_FILE
+    onnx_runtime.export(model, tokenizer, model_inputs(tokenizer, model), "float32", target)
+    # SDPA's export guards fully masked rows with IsNaN and Where over every score.
+    assert "IsNaN" not in {node.op_type for node in onnx.load(str(target)).graph.node}
+    assert model.config._attn_implementation == "sdpa"
 
 
 @pytest.mark.parametrize("family", FAMILIES)
