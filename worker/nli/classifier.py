@@ -26,10 +26,10 @@ from worker.nli.budget import (
     plan_event_batches,
 )
 from worker.nli.forward import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, Forward, TorchForward
-from worker.nli.fused import fuse_feed_forward_gelu
 from worker.nli.labels import LabelIds, resolve_label_ids
 from worker.nli.loading import load_model, resolve_device, resolve_dtype
 from worker.nli.onnx_runtime import FLOAT32, INT8, load_onnx
+from worker.nli.packed import pack_products
 from worker.nli.pairs import PairEncoder, Pairs, pairs_of
 from worker.nli.pooled import pool_last_layer
 from worker.nli.relative import window_relative_attention
@@ -271,7 +271,7 @@ def load_classifier(
     # The head reads one row of the last layer: only that row is computed (see pooled).
     pool_last_layer(model)
     if torch_device.type == "cpu" and torch_dtype == torch.bfloat16:
-        fuse_feed_forward_gelu(model)
+        pack_products(model)
     if torch_device.type != "cpu" or torch_dtype != torch.float32:
         # DeBERTa's relative terms on the distances present (see relative); an ONNX
         # export keeps transformers' own, which it can trace.
