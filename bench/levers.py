@@ -26,8 +26,8 @@ from worker.batching import MicroBatcher
 from worker.nli.base import EncodedEvent
 from worker.nli.budget import CPU_MAX_BATCH_TOKENS, CPU_MIN_BATCH_TOKENS
 from worker.nli.classifier import NLIClassifier, load_classifier
-from worker.nli.fused import fuse_feed_forward_gelu
 from worker.nli.loading import LoadedModel, load_model, resolve_dtype
+from worker.nli.packed import pack_products
 from worker.nli.pooled import pool_last_layer
 from worker.nli.relative import window_relative_attention
 
@@ -96,15 +96,20 @@ def variants(model_dir: str, dtype: torch.dtype, with_compile: bool) -> list[Var
     """The default classifier first (in torch, in `dtype`), then one variant per lever."""
 
     def loaded(
-        attention: str | None = None, pooled: bool = True, fused: bool = True, windowed: bool = True
+        attention: str | None = None,
+        pooled: bool = True,
+        packed: bool = True,
+        fused: bool = True,
+        windowed: bool = True,
     ) -> LoadedModel:
         model = load_model(model_dir, CPU, dtype, attention)
         if pooled:
             pool_last_layer(model.model)
-        # As load_classifier does: bfloat16 on a CPU fuses GELU into its product,
-        # and DeBERTa's relative terms cover the distances present.
-        if fused and dtype == torch.bfloat16:
-            fuse_feed_forward_gelu(model.model)
+        # As load_classifier does: bfloat16 on a CPU packs the products' weights and
+        # fuses GELU into its product, and DeBERTa's relative terms cover the
+        # distances present.
+        if packed and dtype == torch.bfloat16:
+            pack_products(model.model, fuse_gelu=fused)
         if windowed:
             window_relative_attention(model.model)
         return model
@@ -112,22 +117,27 @@ def variants(model_dir: str, dtype: torch.dtype, with_compile: bool) -> list[Var
     def classifier(model: LoadedModel, **options: int) -> NLIClassifier:
         return NLIClassifier.of_model(model_dir, model.tokenizer, model.model, **options)
 
-    sdpa = loaded()
-    default = classifier(sdpa)
+    default_model = loaded()
+    default = classifier(default_model)
     found = [
         Variant(
-            f"default: budget {CPU_MAX_BATCH_TOKENS}, padding guard from {CPU_MIN_BATCH_TOKENS}, "
-            "last layer on the pooled row",
+            f"default: budget {CPU_MAX_BATCH_TOKENS}, padding guard from {CPU_MIN_BATCH_TOKENS},"
+            " last layer on the pooled row, products on packed weights, GELU fused",
             default,
         ),
         Variant("last layer on every row", classifier(loaded(pooled=False))),
         Variant("GELU as an operator of its own", classifier(loaded(fused=False))),
+        Variant(
+            "products as torch's Linear (weights reordered at each call, GELU apart)",
+            classifier(loaded(packed=False)),
+        ),
         Variant("DeBERTa's relative terms over every bucket", classifier(loaded(windowed=False))),
         # A guard that starts at the budget never fires: the greedy fill of before.
         Variant(
-            "greedy fill, no padding guard", classifier(sdpa, min_batch_tokens=CPU_MAX_BATCH_TOKENS)
+            "greedy fill, no padding guard",
+            classifier(default_model, min_batch_tokens=CPU_MAX_BATCH_TOKENS),
         ),
-        *(Variant(f"budget {b}", classifier(sdpa, max_batch_tokens=b)) for b in BUDGETS),
+        *(Variant(f"budget {b}", classifier(default_model, max_batch_tokens=b)) for b in BUDGETS),
         Variant("1 torch thread", default, threads=1),
         Variant("eager attention", classifier(loaded("eager"))),
     ]
