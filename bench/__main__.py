@@ -106,6 +106,8 @@ class CpuBench:
         self.peaks: dict[str, float] = {}
         # The pipeline's float32 scores: the reference of every agreement.
         self.reference: list[ScoreMap] = []
+        # The end-to-end rows, for their time in forward passes (see `forward_passes`).
+        self.end_to_end_runs: list[tuple[str, e2e.EndToEnd]] = []
 
     def progress(self, message: str) -> None:
         """A timestamped line, with the machine's load (other work skews timings)."""
@@ -245,7 +247,7 @@ class CpuBench:
             latency_texts=workload.stride_sample(load.texts, latency_count),
             latency_load=LATENCY_LOAD,
         )
-        self.add(self.row(WORKER, run.seconds, load.texts, cpu_seconds=run.cpu_seconds))
+        self.add_end_to_end(WORKER, run)
         # The worker resolved `dtype auto` itself (CPU flags and a matmul probe).
         auto_dtype = run.stats[0]["precision"]
         self.report.facts["dtype auto on this CPU"] = auto_dtype
@@ -254,8 +256,7 @@ class CpuBench:
             # The parity promise is float32's: measure the worker in it too.
             self.progress("worker end to end, float32")
             float32 = e2e.measure(replace(spec, dtype="float32"), warmup, load.texts)
-            name = "worker e2e, float32"
-            self.add(self.row(name, float32.seconds, load.texts, cpu_seconds=float32.cpu_seconds))
+            self.add_end_to_end("worker e2e, float32", float32)
             self.report.agreements.append(
                 agreement(f"{auto_dtype} (worker, dtype auto)", self.reference, scores_of(run))
             )
@@ -265,14 +266,35 @@ class CpuBench:
 
         self.progress("worker end to end, int8")
         int8 = e2e.measure(replace(spec, dtype="int8"), warmup, load.texts)
-        self.add(self.row(WORKER_INT8, int8.seconds, load.texts, cpu_seconds=int8.cpu_seconds))
+        self.add_end_to_end(WORKER_INT8, int8)
         self.report.agreements.append(agreement("int8 (worker)", self.reference, scores_of(int8)))
 
         self.progress("worker end to end, 2 processes")
         pair = e2e.measure(spec, warmup, load.texts, processes=2)
-        name = "worker e2e, dtype auto, 2 processes"
-        self.add(self.row(name, pair.seconds, load.texts, cpu_seconds=pair.cpu_seconds))
+        self.add_end_to_end("worker e2e, dtype auto, 2 processes", pair)
         self.report.facts["scaling: 2 processes / 1 process"] = f"{run.seconds / pair.seconds:.2f}x"
+
+    def add_end_to_end(self, name: str, run: e2e.EndToEnd) -> None:
+        """Record an end-to-end row, kept for its forward passes."""
+        self.add(self.row(name, run.seconds, self.load.texts, cpu_seconds=run.cpu_seconds))
+        self.end_to_end_runs.append((name, run))
+
+    def forward_passes(self) -> None:
+        """Each end-to-end row's time inside the model's forward passes, against its wall
+        time, and the rate inside them: what separates the classifier's own speed from
+        the worker's around it (Kafka, batching, waiting). Called after the last peaks."""
+        for name, run in self.end_to_end_runs:
+            busy = run.busy_seconds()
+            processes = len(run.stats)
+            precision = run.stats[0]["precision"]
+            rate = self.row(name, busy, self.load.texts).flops_per_s
+            peak = self.peaks.get(precision)
+            share = f", {100 * rate / peak:.0f}% of the {precision} peak" if peak else ""
+            self.report.facts[f"{name}: forward passes"] = (
+                f"{busy:.1f} s over {processes} x {run.seconds:.1f} s of wall time "
+                f"({100 * busy / (processes * run.seconds):.0f}% busy); "
+                f"{rate / 1e9:.0f} GFLOP/s inside them{share}"
+            )
 
     def worker_facts(self, run: e2e.EndToEnd, float32: e2e.EndToEnd) -> None:
         """Parity of the float32 worker with the pipeline; the latency of `run` against its
@@ -426,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.end_to_end(broker.kind, broker.bootstrap_servers)
             bench.progress("matmul peaks again")
             bench.matmul_peaks()
+    bench.forward_passes()
     bench.trained_proxy()
     bench.verdicts()
     bench.report.facts["load average at end"] = load_average()

@@ -265,6 +265,8 @@ class EndToEnd:
     append_time: bool
     # CPU time the worker processes spent on the timed events (the broker's not counted).
     cpu_seconds: float
+    window: tuple[float, float]
+    """The timed events' wall-clock span: the first one produced, the last output acknowledged."""
     backlog_latencies_s: list[float] = field(default_factory=list)
     """Each timed event's latency, all of them produced at once."""
     latencies_s: list[float] = field(default_factory=list)
@@ -282,6 +284,14 @@ class EndToEnd:
             for f in s["forwards"]
             if window is None or window[0] <= f["ended_at"] <= window[1]
         ]
+
+    def busy_seconds(self) -> float:
+        """The worker processes' time inside forward passes over the timed events, summed.
+
+        Against `seconds` it says how much of the wall time the model computed;
+        the rest went to Kafka, batching and waiting.
+        """
+        return sum(self.forward_seconds(self.window))
 
     def own_forward_seconds(self, text: str, window: tuple[float, float]) -> float | None:
         """How long the forward pass that completed the event of `text` inside `window` took."""
@@ -332,6 +342,7 @@ def measure(
                     outputs=outputs,
                     append_time=all(o.append_time for o in outputs.values()),
                     cpu_seconds=cpu_after - cpu_before,
+                    window=(first / MS, last / MS),
                     backlog_latencies_s=[
                         (outputs[i].timestamp_ms - produced[i]) / MS for i, _ in timed
                     ],

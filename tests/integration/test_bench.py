@@ -36,6 +36,8 @@ def test_the_side_by_side_benchmark_reports_both_ratios(
     assert f"worker / {BASELINE}" in facts
     assert f"worker / {BF16_BASELINE}" in facts
     assert "latency at half the throughput" in facts
+    # How much of the worker's wall time its forward passes took, and their own rate.
+    assert "busy" in facts[f"{WORKER}: forward passes"]
     [parity] = [a for a in report["agreements"] if a["name"] == "float32 (worker)"]
     assert parity["max_abs_delta"] <= PARITY_TOLERANCE
     assert parity["top_label"] == 1.0
