@@ -49,6 +49,9 @@ SETTLE_S = 3.0
 WATERMARK_TIMEOUT_S = 30.0
 # librdkafka holds at most this much prefetched data for a test reader.
 READER_PREFETCH_KBYTES = 4096
+# How long a reader waits for a new topic to show in the metadata, and how often it asks.
+TOPIC_METADATA_TIMEOUT_S = 30.0
+METADATA_RETRY_S = 0.1
 
 
 def event_value(number: int) -> bytes:
@@ -184,6 +187,26 @@ def output_ends(bootstrap_servers: str, topic: str, partitions: int) -> str:
     return f"ends of {topic}: {ends}, last stable offsets: {stable}"
 
 
+def known_partitions(
+    client: Consumer, topic: str, timeout_s: float = TOPIC_METADATA_TIMEOUT_S
+) -> list[int]:
+    """The partitions of `topic`, once the metadata `client` gets has the topic.
+
+    A topic just created reaches the brokers of a cluster one by one: for a
+    moment the broker a client asks answers "unknown topic" with no partitions,
+    and a reader assigned from that answer would read nothing, ever.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = client.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if found is not None and found.error is None and found.partitions:
+            return sorted(found.partitions)
+        if time.monotonic() > deadline:
+            why = found.error if found is not None else "absent"
+            raise TimeoutError(f"topic {topic} not in the metadata after {timeout_s:.0f} s: {why}")
+        time.sleep(METADATA_RETRY_S)
+
+
 class Tally:
     """Reads output and dead-letter topics from the start, on a thread, counting per event.
 
@@ -212,9 +235,7 @@ class Tally:
             [
                 TopicPartition(topic, partition, OFFSET_BEGINNING)
                 for topic in topics
-                for partition in self._consumer.list_topics(topic, timeout=30)
-                .topics[topic]
-                .partitions
+                for partition in known_partitions(self._consumer, topic)
             ]
         )
         self.records: list[Seen] = []
