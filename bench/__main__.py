@@ -107,7 +107,7 @@ class CpuBench:
         # The pipeline's float32 scores: the reference of every agreement.
         self.reference: list[ScoreMap] = []
         # The end-to-end rows, for their time in forward passes (see `forward_passes`).
-        self.end_to_end_runs: list[tuple[str, e2e.EndToEnd]] = []
+        self.end_to_end_runs: list[tuple[Throughput, e2e.EndToEnd]] = []
 
     def progress(self, message: str) -> None:
         """A timestamped line, with the machine's load (other work skews timings)."""
@@ -276,21 +276,22 @@ class CpuBench:
 
     def add_end_to_end(self, name: str, run: e2e.EndToEnd) -> None:
         """Record an end-to-end row, kept for its forward passes."""
-        self.add(self.row(name, run.seconds, self.load.texts, cpu_seconds=run.cpu_seconds))
-        self.end_to_end_runs.append((name, run))
+        measured = self.row(name, run.seconds, self.load.texts, cpu_seconds=run.cpu_seconds)
+        self.add(measured)
+        self.end_to_end_runs.append((measured, run))
 
     def forward_passes(self) -> None:
         """Each end-to-end row's time inside the model's forward passes, against its wall
         time, and the rate inside them: what separates the classifier's own speed from
         the worker's around it (Kafka, batching, waiting). Called after the last peaks."""
-        for name, run in self.end_to_end_runs:
+        for measured, run in self.end_to_end_runs:
             busy = run.busy_seconds()
             processes = len(run.stats)
             precision = run.stats[0]["precision"]
-            rate = self.row(name, busy, self.load.texts).flops_per_s
+            rate = measured.flops / busy
             peak = self.peaks.get(precision)
             share = f", {100 * rate / peak:.0f}% of the {precision} peak" if peak else ""
-            self.report.facts[f"{name}: forward passes"] = (
+            self.report.facts[f"{measured.name}: forward passes"] = (
                 f"{busy:.1f} s over {processes} x {run.seconds:.1f} s of wall time "
                 f"({100 * busy / (processes * run.seconds):.0f}% busy); "
                 f"{rate / 1e9:.0f} GFLOP/s inside them{share}"

@@ -259,7 +259,6 @@ def worker_processes(spec: ServeSpec, count: int, scratch: Path) -> Iterator[lis
 class EndToEnd:
     """What one end-to-end measurement saw."""
 
-    seconds: float
     events: int
     outputs: dict[str, Output]
     append_time: bool
@@ -275,6 +274,11 @@ class EndToEnd:
     latency_rate: float | None = None
     latency_window: tuple[float, float] | None = None
     stats: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        """The timed events' wall-clock time, first production to last acknowledgement."""
+        return self.window[1] - self.window[0]
 
     def forward_seconds(self, window: tuple[float, float] | None) -> list[float]:
         """Durations of the forward passes that ended inside `window` (wall-clock seconds)."""
@@ -337,7 +341,6 @@ def measure(
                 first = min(produced.values())
                 last = max(o.timestamp_ms for o in outputs.values())
                 result = EndToEnd(
-                    seconds=(last - first) / MS,
                     events=len(timed),
                     outputs=outputs,
                     append_time=all(o.append_time for o in outputs.values()),

@@ -13,7 +13,6 @@ def forward(ended_at: float, seconds: float) -> dict[str, Any]:
 
 def test_busy_seconds_sums_the_forward_passes_of_the_timed_window_over_every_process() -> None:
     run = EndToEnd(
-        seconds=10.0,
         events=4,
         outputs={},
         append_time=True,
