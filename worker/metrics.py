@@ -119,7 +119,7 @@ class Metrics:
         )
         self.model = Info(
             "zsc_model",
-            "A model serving the worker (one series per model): id, device, precision.",
+            "A model serving the worker (one series per model): id, device, precision, runtime.",
             ["model"],
             registry=r,
         )

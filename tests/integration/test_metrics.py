@@ -136,6 +136,7 @@ def test_probes_and_metrics_of_a_worker_under_traffic(
         "architecture": "bart",
         "device": "cpu",
         "precision": "float32",
+        "runtime": "onnxruntime",
         "max_batch_tokens": "8192",  # batching.max_tokens: one budget
     }
     text_of_first = texts[0][:30]

@@ -29,6 +29,7 @@ from worker.nli.forward import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, Forwar
 from worker.nli.labels import LabelIds, resolve_label_ids
 from worker.nli.loading import load_model, resolve_device, resolve_dtype
 from worker.nli.onnx_runtime import FLOAT32, INT8, load_onnx
+from worker.nli.openvino_runtime import load_openvino
 from worker.nli.packed import pack_products
 from worker.nli.pairs import PairEncoder, Pairs, pairs_of
 from worker.nli.pooled import pool_last_layer
@@ -111,12 +112,14 @@ class NLIClassifier:
 
     @property
     def info(self) -> dict[str, str]:
-        """What serves the scores: model, architecture, device, precision, forward budget."""
+        """What serves the scores: model, architecture, device, precision, runtime, forward
+        budget."""
         return {
             "model": self._model_name,
             "architecture": str(self._config.model_type),
             "device": str(self.device),
             "precision": self.precision,
+            "runtime": self._forward_pass.runtime,
             "max_batch_tokens": str(self._max_batch_tokens),
         }
 
@@ -256,8 +259,9 @@ def load_classifier(
 
     `device` is auto | cpu | cuda | cuda:N, `dtype` auto | float32 | bfloat16 |
     float16, or int8 (CPU only, opt-in); on a CPU, float32 and int8 run in ONNX
-    Runtime (see `onnx_runtime`). `max_batch_tokens`
-    None picks the device's default budget. Raises `ModelError` when the model
+    Runtime (see `onnx_runtime`) and bfloat16 in OpenVINO (see `openvino_runtime`),
+    each in torch where its runtime cannot run the model (int8 aside, which fails).
+    `max_batch_tokens` None picks the device's default budget. Raises `ModelError` when the model
     cannot be loaded or is not an NLI model.
     """
     torch_device = resolve_device(device)
@@ -267,23 +271,41 @@ def load_classifier(
             f"dtype {INT8!r} is for the CPU only; on {torch_device} use 'bfloat16' or 'float16'"
         )
     torch_dtype = torch.float32 if int8 else resolve_dtype(dtype, torch_device)
-    tokenizer, model = load_model(name, torch_device, torch_dtype)
+    # On a CPU the model runs from its float32 ONNX export: float32 and int8 in
+    # ONNX Runtime (see worker.nli.onnx_runtime), bfloat16 in OpenVINO (see
+    # worker.nli.openvino_runtime). The export is made from float32 weights.
+    exported = torch_device.type == "cpu"
+    tokenizer, model = load_model(name, torch_device, torch.float32 if exported else torch_dtype)
     # The head reads one row of the last layer: only that row is computed (see pooled).
     pool_last_layer(model)
-    if torch_device.type == "cpu" and torch_dtype == torch.bfloat16:
-        pack_products(model)
-    if torch_device.type != "cpu" or torch_dtype != torch.float32:
-        # DeBERTa's relative terms on the distances present (see relative); an ONNX
-        # export keeps transformers' own, which it can trace.
-        window_relative_attention(model)
-        return NLIClassifier.of_model(name, tokenizer, model, max_batch_tokens)
-    # float32 and int8 on a CPU run in ONNX Runtime (see worker.nli.onnx_runtime).
+    if not exported:
+        return _in_torch(name, tokenizer, model, max_batch_tokens)
     try:
-        forward: Forward = load_onnx(name, tokenizer, model, INT8 if int8 else FLOAT32)
+        if torch_dtype == torch.bfloat16:
+            forward: Forward = load_openvino(name, tokenizer, model)
+        else:
+            forward = load_onnx(name, tokenizer, model, INT8 if int8 else FLOAT32)
     except ModelError as error:
         if int8:
             raise ModelError(f"dtype {INT8!r} is not available: {error}") from None
-        log.warning("%s; float32 runs in torch instead", error)
-        forward = TorchForward(tokenizer, model)
-    # A model in ONNX Runtime holds its own weights: the torch model is let go.
+        log.warning("%s; %s runs in torch instead", error, str(torch_dtype).removeprefix("torch."))
+        if torch_dtype == torch.bfloat16:  # else float32, as loaded
+            model.bfloat16()
+        return _in_torch(name, tokenizer, model, max_batch_tokens)
+    # The runtime holds its own weights: the torch model is let go.
     return NLIClassifier(name, tokenizer, model.config, forward, max_batch_tokens)
+
+
+def _in_torch(
+    name: str,
+    tokenizer: PreTrainedTokenizerBase,
+    model: PreTrainedModel,
+    max_batch_tokens: int | None,
+) -> NLIClassifier:
+    """A classifier running `model` in torch, on its device and in its dtype."""
+    if model.device.type == "cpu" and model.dtype == torch.bfloat16:
+        pack_products(model)
+    # DeBERTa's relative terms on the distances present (see relative); an ONNX
+    # export keeps transformers' own, which it can trace.
+    window_relative_attention(model)
+    return NLIClassifier.of_model(name, tokenizer, model, max_batch_tokens)

@@ -2,7 +2,8 @@
 
 The classifier pads pairs into arrays and reads logits; what computes them is
 a `Forward`: a transformers model in torch (`TorchForward`), or the same model
-exported to ONNX and run by ONNX Runtime (worker.nli.onnx_int8).
+exported to ONNX and run by ONNX Runtime (worker.nli.onnx_runtime) or OpenVINO
+(worker.nli.openvino_runtime).
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ class Forward(Protocol):
     @property
     def precision(self) -> str:
         """The precision it computes in: float32, bfloat16, float16 or int8."""
+        ...
+
+    @property
+    def runtime(self) -> str:
+        """What computes it: torch, onnxruntime or openvino."""
         ...
 
     @property
@@ -84,6 +90,10 @@ class TorchForward:
     @property
     def precision(self) -> str:
         return str(self._model.dtype).removeprefix("torch.")
+
+    @property
+    def runtime(self) -> str:
+        return "torch"
 
     @property
     def input_names(self) -> frozenset[str]:

@@ -19,12 +19,13 @@ every attention score), a pass over the batch x heads x tokens x tokens
 scores of every layer that the eager graph (mask added, then softmax) does
 without. The scores are the same.
 
-bfloat16 stays in torch: ONNX Runtime's CPU kernels have no fast bfloat16
-path. The export (and quantization) takes from seconds to a minute, so its
-result is cached under XDG_CACHE_HOME (~/.cache) by a digest of the weights,
-the precision and the versions that shape the graph: a restart loads it in a
-second or two. Where the cache cannot be written the model is exported into a
-temporary directory, each start-up again.
+ONNX Runtime's CPU kernels have no fast bfloat16 path: bfloat16 runs the same
+float32 export in OpenVINO (worker.nli.openvino_runtime). The export (and
+quantization) takes from seconds to a minute, so its result is cached under
+XDG_CACHE_HOME (~/.cache) by a digest of the weights, the precision and the
+versions that shape the graph: a restart loads it in a second or two. Where
+the cache cannot be written the model is exported into a temporary directory,
+each start-up again.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import onnxruntime
@@ -59,6 +61,8 @@ from worker.nli.forward import (
 )
 
 log = logging.getLogger(__name__)
+
+ForwardT = TypeVar("ForwardT")
 
 # ONNX Runtime's own errors, which derive from Exception alone.
 ORT_ERRORS: tuple[type[Exception], ...] = (
@@ -310,6 +314,10 @@ class OnnxForward:
         return self._precision
 
     @property
+    def runtime(self) -> str:
+        return "onnxruntime"
+
+    @property
     def input_names(self) -> frozenset[str]:
         return self._input_names
 
@@ -322,11 +330,17 @@ class OnnxForward:
         return torch.from_numpy(np.asarray(logits, dtype=np.float32))
 
 
-def load_onnx(
-    name: str, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, precision: str
-) -> OnnxForward:
-    """The ONNX Runtime forward of a float32 CPU model in `precision` (FLOAT32 or INT8),
-    exported once and cached. Raises `ModelError` when the model does not export."""
+def load_exported(
+    name: str,
+    tokenizer: PreTrainedTokenizerBase,
+    model: PreTrainedModel,
+    precision: str,
+    runtime: str,
+    start: Callable[[Path, frozenset[str]], ForwardT],
+) -> ForwardT:
+    """`start` (a runtime's forward, from the model file and its inputs) on the export of a
+    float32 CPU model in `precision`, exported once and cached. `runtime` names what runs
+    it, in messages. Raises `ModelError` when the model does not export or `start` fails."""
     input_names = model_inputs(tokenizer, model)
     started = time.perf_counter()
     root = cache_root()
@@ -340,13 +354,25 @@ def load_onnx(
             root = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="zsc-onnx-")))
         try:
             path = _exported(name, tokenizer, model, input_names, precision, root)
-            forward = OnnxForward(path, input_names, precision)
+            forward = start(path, input_names)
         except EXPORT_ERRORS as error:
             raise ModelError(
-                f"cannot run model {name!r} in ONNX Runtime ({precision}): "
-                f"{type(error).__name__}: {error}"
+                f"cannot run model {name!r} in {runtime}: {type(error).__name__}: {error}"
             ) from None
-    log.info(
-        "%s in ONNX Runtime (%s) ready in %.1f s", name, precision, time.perf_counter() - started
-    )
+    log.info("%s in %s ready in %.1f s", name, runtime, time.perf_counter() - started)
     return forward
+
+
+def load_onnx(
+    name: str, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, precision: str
+) -> OnnxForward:
+    """The ONNX Runtime forward of a float32 CPU model in `precision` (FLOAT32 or INT8),
+    exported once and cached. Raises `ModelError` when the model does not export."""
+    return load_exported(
+        name,
+        tokenizer,
+        model,
+        precision,
+        f"ONNX Runtime ({precision})",
+        lambda path, input_names: OnnxForward(path, input_names, precision),
+    )

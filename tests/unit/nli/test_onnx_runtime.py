@@ -65,6 +65,7 @@ def test_float32_runs_in_onnx_runtime_with_torchs_scores(
     float32 = load_classifier(model_dir, device="cpu", dtype="float32")
     assert isinstance(float32._forward_pass, OnnxForward)
     assert float32.info["precision"] == "float32"
+    assert float32.info["runtime"] == "onnxruntime"
     np.testing.assert_allclose(
         scores(float32, texts), scores(in_torch(model_dir), texts), atol=FLOAT32_TOLERANCE
     )

@@ -1,0 +1,98 @@
+"""bfloat16 on the CPU: the model's float32 ONNX export run by OpenVINO in bfloat16.
+
+Its scores are no further from float32's than transformers' own bfloat16 model's;
+where OpenVINO cannot compute in bfloat16 the model runs in torch instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import openvino
+import pytest
+import torch
+
+from tests.texts import fortunes
+from worker.nli import onnx_runtime, openvino_runtime
+from worker.nli.base import Task
+from worker.nli.classifier import NLIClassifier, load_classifier
+from worker.nli.forward import TorchForward
+from worker.nli.loading import load_model
+from worker.nli.openvino_runtime import OpenVinoForward
+from worker.nli.packed import PackedLinear
+
+CPU = torch.device("cpu")
+TASK = Task(("computers", "food", "love", "science"), "This example is {}.", multi_label=False)
+FAMILIES = ["tiny_bart_dir", "tiny_deberta_dir", "tiny_mdeberta_dir"]
+# bfloat16 rounding differs from torch's (other kernels, other fusions): the same
+# size of error, not the same one.
+SAME_SIZE = 1.5
+# Where OpenVINO computes bfloat16 on this CPU (AVX512-BF16 or AMX): elsewhere
+# load_classifier runs bfloat16 in torch, and the tests say so.
+OPENVINO_BF16 = openvino_runtime.BF16_CAPABILITY in openvino.Core().get_property(
+    openvino_runtime.CPU, "OPTIMIZATION_CAPABILITIES"
+)
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A cache of exported models of the test's own."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return onnx_runtime.cache_root()
+
+
+def scores(classifier: NLIClassifier, texts: list[str]) -> np.ndarray:
+    return np.array(
+        [s.scores for s in classifier.classify([classifier.encode(t, TASK) for t in texts])]
+    )
+
+
+def in_torch(model_dir: str, dtype: torch.dtype) -> NLIClassifier:
+    tokenizer, model = load_model(model_dir, CPU, dtype)
+    return NLIClassifier.of_model(model_dir, tokenizer, model)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bfloat16_runs_in_openvino_no_further_from_float32_than_torchs_bfloat16(
+    family: str, request: pytest.FixtureRequest
+) -> None:
+    model_dir = str(request.getfixturevalue(family))
+    # Pairs of different lengths in one batch: padding must not change a score.
+    texts = fortunes(6, max_chars=400)
+    bfloat16 = load_classifier(model_dir, device="cpu", dtype="bfloat16")
+    runtime = OpenVinoForward if OPENVINO_BF16 else TorchForward
+    assert isinstance(bfloat16._forward_pass, runtime)
+    assert bfloat16.info["precision"] == "bfloat16"
+    assert bfloat16.info["runtime"] == ("openvino" if OPENVINO_BF16 else "torch")
+
+    exact = scores(in_torch(model_dir, torch.float32), texts)
+    theirs = np.abs(scores(in_torch(model_dir, torch.bfloat16), texts) - exact).max()
+    ours = np.abs(scores(bfloat16, texts) - exact).max()
+    assert ours <= SAME_SIZE * theirs
+
+
+def test_bfloat16_and_float32_share_one_export(tiny_bart_dir: Path, cache: Path) -> None:
+    load_classifier(str(tiny_bart_dir), device="cpu", dtype="float32")
+    load_classifier(str(tiny_bart_dir), device="cpu", dtype="bfloat16")
+    assert len(list(cache.iterdir())) == 1
+
+
+def test_where_openvino_cannot_compute_bfloat16_it_runs_in_torch(
+    tiny_bart_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As on a CPU without a bfloat16 multiply: OpenVINO lists no such capability.
+    monkeypatch.setattr(openvino_runtime, "BF16_CAPABILITY", "a capability no CPU lists")
+    with caplog.at_level(logging.WARNING):
+        bfloat16 = load_classifier(str(tiny_bart_dir), device="cpu", dtype="bfloat16")
+    assert isinstance(bfloat16._forward_pass, TorchForward)
+    assert bfloat16.info["precision"] == "bfloat16"
+    assert bfloat16.info["runtime"] == "torch"
+    [warning] = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+    assert "OpenVINO (bfloat16)" in warning
+    assert "no bfloat16 multiply" in warning
+    assert "bfloat16 runs in torch instead" in warning
+    # As torch runs bfloat16 on a CPU: its products on packed weights.
+    model = bfloat16._forward_pass._model
+    assert any(isinstance(module, PackedLinear) for module in model.modules())
