@@ -250,7 +250,7 @@ class CpuBench:
         self.add_end_to_end(WORKER, run)
         # The worker resolved `dtype auto` itself (CPU flags and a matmul probe).
         auto_dtype = run.stats[0]["precision"]
-        self.report.facts["dtype auto on this CPU"] = auto_dtype
+        self.report.facts["dtype auto on this CPU"] = f"{auto_dtype} ({run.stats[0]['runtime']})"
         float32 = run
         if auto_dtype != "float32":
             # The parity promise is float32's: measure the worker in it too.

@@ -208,6 +208,7 @@ def serve(spec: ServeSpec) -> None:
                 "torch_threads": torch.get_num_threads(),
                 # What the worker computes in: `dtype auto` resolves in this process.
                 "precision": classifier.info["precision"],
+                "runtime": classifier.info["runtime"],
             },
         )
 
