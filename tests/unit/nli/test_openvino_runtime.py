@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from tests.texts import fortunes
-from worker.nli import onnx_runtime, openvino_runtime
-from worker.nli.base import Task
+from tests.unit.nli import test_onnx_runtime
+from tests.unit.nli.test_onnx_runtime import scores
+from worker.nli import openvino_runtime
 from worker.nli.classifier import NLIClassifier, load_classifier
 from worker.nli.forward import TorchForward
 from worker.nli.loading import load_model
@@ -24,7 +25,6 @@ from worker.nli.openvino_runtime import OpenVinoForward
 from worker.nli.packed import PackedLinear
 
 CPU = torch.device("cpu")
-TASK = Task(("computers", "food", "love", "science"), "This example is {}.", multi_label=False)
 FAMILIES = ["tiny_bart_dir", "tiny_deberta_dir", "tiny_mdeberta_dir"]
 # bfloat16 rounding differs from torch's (other kernels, other fusions): the same
 # size of error, not the same one.
@@ -35,18 +35,8 @@ OPENVINO_BF16 = openvino_runtime.BF16_CAPABILITY in openvino.Core().get_property
     openvino_runtime.CPU, "OPTIMIZATION_CAPABILITIES"
 )
 
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A cache of exported models of the test's own."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    return onnx_runtime.cache_root()
-
-
-def scores(classifier: NLIClassifier, texts: list[str]) -> np.ndarray:
-    return np.array(
-        [s.scores for s in classifier.classify([classifier.encode(t, TASK) for t in texts])]
-    )
+# Each test's own cache of exports, autouse, as for ONNX Runtime's tests.
+cache = test_onnx_runtime.cache
 
 
 def in_torch(model_dir: str, dtype: torch.dtype) -> NLIClassifier:
