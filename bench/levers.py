@@ -125,10 +125,11 @@ def variants(model_dir: str, dtype: torch.dtype, with_compile: bool) -> list[Var
     default = load_classifier(model_dir, "cpu", str(dtype).removeprefix("torch."))
     runtime = default.info["runtime"]
 
+    config = AutoConfig.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+
     def budgeted(**options: int) -> NLIClassifier:
         """The worker's classifier, its forward batches cut to other bounds."""
-        config = AutoConfig.from_pretrained(model_dir)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
         return NLIClassifier(model_dir, tokenizer, config, default._forward_pass, **options)
 
     in_torch = default if runtime == "torch" else classifier(loaded())
