@@ -4,18 +4,18 @@ Why OpenVINO rather than torch for bfloat16: the matrix products run at the
 hardware's bfloat16 rate in both, but torch's CPU attention (its flash-attention
 kernel, or eager batched products) runs the short 64-wide heads of a zero-shot
 pair at a fraction of that rate: on a 2-core AMD EPYC (Zen 4, AVX512-BF16)
-attention took 12-14% of a torch pass for about 2% of its FLOPs, and more on
-long texts. OpenVINO compiles the graph with its own attention and fused
-layer norms and activations; on the same CPU it ran the worker's forward
-batches of 32 fortunes x 8 labels (distilbart-mnli-12-3's shape) in 21-22 s
-against torch's 23-24 s, alternating runs, with logits as close to float32's
-as torch's bfloat16 (max |Δ| 0.066 against torch's 0.078 on logits up to 4).
+attention took 11-14% of a torch pass for about 2% of its FLOPs (`python -m
+bench.levers --profile`). OpenVINO compiles the graph with its own attention
+and fused layer norms and activations. On that CPU its passes were a few
+percent faster than torch's on the same forward batches (`python -m
+bench.levers --texts 32`: 21.0-23.2 s against 21.8-24.5 s, the row and its
+repeat each), about the size of that machine's noise; it meets OpenVINO's own
+pipeline by construction and beats it on batching and the pooled last layer.
 
 It reads the same float32 export as ONNX Runtime (worker.nli.onnx_runtime,
 cached there) and computes in bfloat16 where the CPU multiplies it in
-hardware: OpenVINO's "INFERENCE_PRECISION_HINT" lowers the float32 graph's
-products, attention and activations to bfloat16 and keeps what needs float32
-(softmax sums, layer-norm statistics) in float32. Compiling takes about a second.
+hardware, as OpenVINO's "INFERENCE_PRECISION_HINT" lowers the float32 graph.
+Compiling takes about a second.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ class OpenVinoForward:
                 # One pass at a time, on every thread: the classifier runs them in turn.
                 "PERFORMANCE_HINT": "LATENCY",
                 # OpenVINO's generated kernels for fused element-wise chains fail to
-                # compile DeBERTa's attention ("not enough registers"); BART's forward
-                # batches above took 20.9 and 21.5 s without them, 20.8 s twice with.
+                # compile DeBERTa's attention ("not enough registers"); BART's passes
+                # ran as fast without them.
                 "SNIPPETS_MODE": "DISABLE",
             },
         )
