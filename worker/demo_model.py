@@ -2,7 +2,7 @@
 
 The pipeline then still runs end to end on real loading code (a config with an
 NLI label order, safetensors weights, a tokenizer trained on the demo's own
-texts), but its scores mean nothing. Only `transformers`, `tokenizers` and
+texts), but its scores mean nothing. Only `transformers`, `sentencepiece` and
 `torch` are needed: the worker's own dependencies.
 
     python -m worker.demo_model --out DIR
@@ -11,17 +11,21 @@ texts), but its scores mean nothing. Only `transformers`, `tokenizers` and
 from __future__ import annotations
 
 import argparse
-import json
+import io
+import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import sentencepiece as spm
 import torch
-from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import DebertaV2Config, DebertaV2ForSequenceClassification, DebertaV2Tokenizer
 
 SEED = 20240601
 DEBERTA_SPECIALS = ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"]
+SENTENCEPIECE_SPECIALS = ("<unk>", "<s>", "</s>")
+WHITESPACE = re.compile(r"\s{2,}|[\n\r\t]")
 DEBERTA_MAX_LENGTH = 512  # DeBERTa-v3's model_max_length
 # The demo's texts are a few hundred words: a vocabulary this small still keeps
 # most of them whole.
@@ -49,23 +53,34 @@ TINY_DEBERTA: dict[str, Any] = {
 
 
 def train_unigram(texts: Iterable[str], vocab_size: int) -> list[tuple[str, float]]:
-    """A DeBERTa-v3-like Unigram vocabulary (pieces and scores) trained on `texts`."""
-    tokenizer = Tokenizer(models.Unigram())
-    # DebertaV2Tokenizer's own normalizer and pre-tokenizer.
-    tokenizer.normalizer = normalizers.Sequence(
-        [
-            normalizers.Replace(Regex(r"\s{2,}|[\n\r\t]"), " "),
-            normalizers.NFC(),
-            normalizers.Strip(left=False, right=True),
-        ]
+    """A DeBERTa-v3-like Unigram vocabulary (pieces and scores) trained on `texts`.
+
+    SentencePiece trains it, as DeBERTa-v3's own was: the same texts give the same
+    vocabulary in every process, which `tokenizers`' Unigram trainer does not (its word
+    counts are summed in a hash map's per-process order), and tests built on these
+    models compare logits against bounds.
+    """
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=(_normalized(text) for text in texts),
+        model_writer=model,
+        model_type="unigram",
+        # SentencePiece's own <unk>, <s> and </s> give way to DeBERTa's specials.
+        vocab_size=vocab_size - len(DEBERTA_SPECIALS) + len(SENTENCEPIECE_SPECIALS),
+        hard_vocab_limit=False,
+        character_coverage=1.0,
+        normalization_rule_name="identity",
+        minloglevel=2,
     )
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=DEBERTA_SPECIALS, unk_token="[UNK]"
-    )
-    tokenizer.train_from_iterator(texts, trainer)
-    vocab = json.loads(tokenizer.to_str())["model"]["vocab"]
-    return [(piece, float(score)) for piece, score in vocab]
+    trained = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    pieces = [(trained.id_to_piece(i), trained.get_score(i)) for i in range(len(trained))]
+    return [(special, 0.0) for special in DEBERTA_SPECIALS] + pieces[len(SENTENCEPIECE_SPECIALS) :]
+
+
+def _normalized(text: str) -> str:
+    """DebertaV2Tokenizer's normalizer: whitespace runs and line breaks to one space, NFC,
+    no trailing space."""
+    return unicodedata.normalize("NFC", WHITESPACE.sub(" ", text)).rstrip()
 
 
 def build_demo_model(path: Path, texts: Iterable[str]) -> Path:
