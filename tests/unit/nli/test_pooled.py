@@ -24,8 +24,6 @@ CPU = torch.device("cpu")
 HYPOTHESES = ("This example is computers.", "This example is food.", "This example is love.")
 # The same products on fewer rows: float32 rounding, nothing more.
 FLOAT32_TOLERANCE = 1e-5
-# bfloat16 keeps ~3 significant digits; the tiny model's logits are a few units large.
-BFLOAT16_TOLERANCE = 0.1
 FAMILIES = ["tiny_bart_dir", "tiny_deberta_dir"]
 
 
@@ -82,10 +80,12 @@ def test_pooled_last_layer_in_bfloat16(family: str, request: pytest.FixtureReque
     exact = logits(reference.model, inputs)
     expected, found = logits(whole.model, inputs), logits(pooled.model, inputs)
 
-    assert torch.allclose(found, expected, atol=BFLOAT16_TOLERANCE, rtol=0)
+    # Rounded at other places: the two bfloat16 passes differ by less than the whole layer's
+    # own rounding moves it from float32, and the pooled one is not further from float32.
+    rounding = (expected - exact).abs().max()
+    assert (found - expected).abs().max() < rounding
     assert torch.equal(found.argmax(-1), expected.argmax(-1))
-    # Rounded at other places, not further from float32.
-    assert (found - exact).abs().max() <= 1.5 * (expected - exact).abs().max()
+    assert (found - exact).abs().max() <= 1.5 * rounding
 
 
 @pytest.mark.parametrize("family", FAMILIES)
