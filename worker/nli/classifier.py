@@ -9,8 +9,12 @@ logits as soon as they are all there; `classify` waits for every event.
 
 from __future__ import annotations
 
+import functools
+import gc
 import logging
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -25,17 +29,34 @@ from worker.nli.budget import (
     plan_batches,
     plan_event_batches,
 )
-from worker.nli.forward import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, Forward, TorchForward
+from worker.nli.forward import (
+    ATTENTION_MASK,
+    INPUT_IDS,
+    TOKEN_TYPE_IDS,
+    Forward,
+    TorchForward,
+    model_inputs,
+)
 from worker.nli.labels import LabelIds, resolve_label_ids
 from worker.nli.loading import load_model, resolve_device, resolve_dtype
-from worker.nli.onnx_runtime import FLOAT32, INT8, load_onnx
-from worker.nli.openvino_runtime import load_openvino
+from worker.nli.onnx_runtime import (
+    FLOAT32,
+    INT8,
+    OnnxForward,
+    export_cache,
+    exported,
+    runtime_errors,
+)
+from worker.nli.openvino_runtime import RUNTIME as OPENVINO
+from worker.nli.openvino_runtime import OpenVinoForward
 from worker.nli.packed import pack_products
 from worker.nli.pairs import PairEncoder, Pairs, pairs_of
 from worker.nli.pooled import pool_last_layer
 from worker.nli.relative import window_relative_attention
 
 log = logging.getLogger(__name__)
+
+CPU = torch.device("cpu")
 
 
 class NLIClassifier:
@@ -271,29 +292,47 @@ def load_classifier(
             f"dtype {INT8!r} is for the CPU only; on {torch_device} use 'bfloat16' or 'float16'"
         )
     torch_dtype = torch.float32 if int8 else resolve_dtype(dtype, torch_device)
-    # On a CPU the model runs from its float32 ONNX export: float32 and int8 in
-    # ONNX Runtime (see worker.nli.onnx_runtime), bfloat16 in OpenVINO (see
-    # worker.nli.openvino_runtime). The export is made from float32 weights.
-    exported = torch_device.type == "cpu"
-    tokenizer, model = load_model(name, torch_device, torch.float32 if exported else torch_dtype)
-    # The head reads one row of the last layer: only that row is computed (see pooled).
+    if torch_device.type == "cpu":
+        return _exported(name, torch_dtype, int8, max_batch_tokens)
+    tokenizer, model = load_model(name, torch_device, torch_dtype)
+    return _in_torch(name, tokenizer, model, max_batch_tokens)
+
+
+def _exported(
+    name: str, dtype: torch.dtype, int8: bool, max_batch_tokens: int | None
+) -> NLIClassifier:
+    """On a CPU the model runs from its float32 ONNX export: float32 and int8 in ONNX
+    Runtime (see worker.nli.onnx_runtime), bfloat16 in OpenVINO (see
+    worker.nli.openvino_runtime). The export is made from float32 weights; where the
+    runtime cannot run it, `dtype` runs in torch (int8 aside, which raises)."""
+    tokenizer, model = load_model(name, CPU, torch.float32)
+    # Exported with its last layer on the pooled row, as torch runs it (see _in_torch).
     pool_last_layer(model)
-    if not exported:
-        return _in_torch(name, tokenizer, model, max_batch_tokens)
+    config, input_names = model.config, model_inputs(tokenizer, model)
+    precision = INT8 if int8 else FLOAT32
+    start: Callable[[Path], Forward]
+    if dtype == torch.bfloat16:
+        runtime, start = OPENVINO, functools.partial(OpenVinoForward, input_names=input_names)
+    else:
+        runtime = f"ONNX Runtime ({precision})"
+        start = functools.partial(OnnxForward, input_names=input_names, precision=precision)
     try:
-        if torch_dtype == torch.bfloat16:
-            forward: Forward = load_openvino(name, tokenizer, model)
-        else:
-            forward = load_onnx(name, tokenizer, model, INT8 if int8 else FLOAT32)
+        with export_cache() as root, runtime_errors(name, runtime):
+            path = exported(name, tokenizer, model, input_names, precision, root)
+            # The runtime reads its own copy of the weights: torch's go before it does,
+            # or a start-up would hold both.
+            del model
+            gc.collect()
+            started = time.perf_counter()
+            forward = start(path)
     except ModelError as error:
         if int8:
             raise ModelError(f"dtype {INT8!r} is not available: {error}") from None
-        log.warning("%s; %s runs in torch instead", error, str(torch_dtype).removeprefix("torch."))
-        if torch_dtype == torch.bfloat16:  # else float32, as loaded
-            model.bfloat16()
+        log.warning("%s; %s runs in torch instead", error, str(dtype).removeprefix("torch."))
+        tokenizer, model = load_model(name, CPU, dtype)
         return _in_torch(name, tokenizer, model, max_batch_tokens)
-    # The runtime holds its own weights: the torch model is let go.
-    return NLIClassifier(name, tokenizer, model.config, forward, max_batch_tokens)
+    log.info("%s in %s ready in %.1f s", name, runtime, time.perf_counter() - started)
+    return NLIClassifier(name, tokenizer, config, forward, max_batch_tokens)
 
 
 def _in_torch(
@@ -303,6 +342,8 @@ def _in_torch(
     max_batch_tokens: int | None,
 ) -> NLIClassifier:
     """A classifier running `model` in torch, on its device and in its dtype."""
+    # The head reads one row of the last layer: only that row is computed (see pooled).
+    pool_last_layer(model)
     if model.device.type == "cpu" and model.dtype == torch.bfloat16:
         pack_products(model)
     # DeBERTa's relative terms on the distances present (see relative); an ONNX

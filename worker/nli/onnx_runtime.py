@@ -38,9 +38,8 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import onnxruntime
@@ -56,13 +55,10 @@ from worker.nli.forward import (
     INPUT_IDS,
     TOKEN_TYPE_IDS,
     Arrays,
-    model_inputs,
     without_cache,
 )
 
 log = logging.getLogger(__name__)
-
-ForwardT = TypeVar("ForwardT")
 
 # ONNX Runtime's own errors, which derive from Exception alone.
 ORT_ERRORS: tuple[type[Exception], ...] = (
@@ -113,8 +109,8 @@ QUANTIZER_SOURCE = "onnxruntime/quantization/"
 MODEL_FILE = "model.onnx"
 # An export unused for this long is removed when another one is written: each
 # new model, and each version of torch, transformers or ONNX Runtime, adds one
-# (about 1.6 GB in float32 for distilbart-mnli-12-3). Every load marks its
-# export as used.
+# (about 1 GB in float32 for distilbart-mnli-12-3, and as much again for
+# OpenVINO's compiled model beside it). Every load marks its export as used.
 DAY_S = 24 * 3600
 CACHE_MAX_IDLE_S = 30 * DAY_S
 # Two example pairs of different lengths: the export sees padding, so nothing
@@ -246,34 +242,6 @@ def _writable(root: Path) -> bool:
     return os.access(root, os.W_OK)
 
 
-def _exported(
-    name: str,
-    tokenizer: PreTrainedTokenizerBase,
-    model: PreTrainedModel,
-    input_names: frozenset[str],
-    precision: str,
-    root: Path,
-) -> Path:
-    """The model file under `root`, exported first unless another start-up did."""
-    digest = model_digest(model, input_names, precision)
-    path = root / digest / MODEL_FILE
-    if path.is_file():
-        with contextlib.suppress(OSError):
-            os.utime(root / digest)
-        return path
-    log.info("exporting %s to ONNX in %s (once per model and versions)", name, precision)
-    staging = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=root))
-    try:
-        export(model, tokenizer, input_names, precision, staging / MODEL_FILE)
-        # Another worker on the same cache may have finished first: either copy is whole.
-        with contextlib.suppress(OSError):
-            staging.rename(root / digest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    prune(root, keep=digest, now=time.time())
-    return path
-
-
 def prune(root: Path, keep: str, now: float) -> None:
     """Remove the exports under `root` unused for CACHE_MAX_IDLE_S, `keep` aside.
 
@@ -330,49 +298,60 @@ class OnnxForward:
         return torch.from_numpy(np.asarray(logits, dtype=np.float32))
 
 
-def load_exported(
+@contextlib.contextmanager
+def export_cache() -> Iterator[Path]:
+    """The directory exports are kept in for the block: the cache, or where it cannot be
+    written a temporary directory (removed after the block, so exported at each start-up)."""
+    root = cache_root()
+    if _writable(root):
+        yield root
+        return
+    log.warning(
+        "cannot write the ONNX model cache %s: exporting into a temporary directory, "
+        "again at every start-up",
+        root,
+    )
+    with tempfile.TemporaryDirectory(prefix="zsc-onnx-") as scratch:
+        yield Path(scratch)
+
+
+@contextlib.contextmanager
+def runtime_errors(name: str, runtime: str) -> Iterator[None]:
+    """What a model that does not export, or that `runtime` cannot run, raises, as the
+    `ModelError` that says so."""
+    try:
+        yield
+    except EXPORT_ERRORS as error:
+        raise ModelError(
+            f"cannot run model {name!r} in {runtime}: {type(error).__name__}: {error}"
+        ) from None
+
+
+def exported(
     name: str,
     tokenizer: PreTrainedTokenizerBase,
     model: PreTrainedModel,
+    input_names: frozenset[str],
     precision: str,
-    runtime: str,
-    start: Callable[[Path, frozenset[str]], ForwardT],
-) -> ForwardT:
-    """`start` (a runtime's forward, from the model file and its inputs) on the export of a
-    float32 CPU model in `precision`, exported once and cached. `runtime` names what runs
-    it, in messages. Raises `ModelError` when the model does not export or `start` fails."""
-    input_names = model_inputs(tokenizer, model)
-    started = time.perf_counter()
-    root = cache_root()
-    with contextlib.ExitStack() as scratch:
-        if not _writable(root):
-            log.warning(
-                "cannot write the ONNX model cache %s: exporting into a temporary directory, "
-                "again at every start-up",
-                root,
-            )
-            root = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="zsc-onnx-")))
-        try:
-            path = _exported(name, tokenizer, model, input_names, precision, root)
-            forward = start(path, input_names)
-        except EXPORT_ERRORS as error:
-            raise ModelError(
-                f"cannot run model {name!r} in {runtime}: {type(error).__name__}: {error}"
-            ) from None
-    log.info("%s in %s ready in %.1f s", name, runtime, time.perf_counter() - started)
-    return forward
-
-
-def load_onnx(
-    name: str, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, precision: str
-) -> OnnxForward:
-    """The ONNX Runtime forward of a float32 CPU model in `precision` (FLOAT32 or INT8),
-    exported once and cached. Raises `ModelError` when the model does not export."""
-    return load_exported(
-        name,
-        tokenizer,
-        model,
-        precision,
-        f"ONNX Runtime ({precision})",
-        lambda path, input_names: OnnxForward(path, input_names, precision),
-    )
+    root: Path,
+) -> Path:
+    """The export of a float32 CPU model in `precision` under `root` (see `export_cache`),
+    made first unless another start-up did. Raises what `runtime_errors` turns into a
+    `ModelError`."""
+    digest = model_digest(model, input_names, precision)
+    path = root / digest / MODEL_FILE
+    if path.is_file():
+        with contextlib.suppress(OSError):
+            os.utime(root / digest)
+        return path
+    log.info("exporting %s to ONNX in %s (once per model and versions)", name, precision)
+    staging = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=root))
+    try:
+        export(model, tokenizer, input_names, precision, staging / MODEL_FILE)
+        # Another worker on the same cache may have finished first: either copy is whole.
+        with contextlib.suppress(OSError):
+            staging.rename(root / digest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    prune(root, keep=digest, now=time.time())
+    return path

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,7 @@ from worker.nli.classifier import NLIClassifier, load_classifier
 from worker.nli.forward import TorchForward, model_inputs
 from worker.nli.loading import load_model
 from worker.nli.onnx_runtime import MODEL_FILE, OnnxForward
+from worker.nli.openvino_runtime import OpenVinoForward
 
 TASK = Task(("computers", "food", "love", "science"), "This example is {}.", multi_label=True)
 # int8 moves scores (on the tiny models' large random weights, by up to ~0.2);
@@ -213,3 +216,29 @@ def test_int8_is_refused_on_a_gpu(tiny_bart_dir: Path, monkeypatch: pytest.Monke
 def test_auto_never_picks_int8(tiny_bart_dir: Path) -> None:
     auto = load_classifier(str(tiny_bart_dir), device="cpu")
     assert auto.info["precision"] != "int8"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8", "bfloat16"])
+def test_the_torch_model_is_let_go_before_the_runtime_reads_its_own_weights(
+    tiny_bart_dir: Path, monkeypatch: pytest.MonkeyPatch, dtype: str
+) -> None:
+    """A start-up never holds torch's weights and the runtime's together."""
+    loaded: list[weakref.ref[torch.nn.Module]] = []
+
+    def load(*args: object) -> tuple[object, torch.nn.Module]:
+        tokenizer, model = load_model(*args)
+        loaded.append(weakref.ref(model))
+        return tokenizer, model
+
+    def released(runtime: type) -> Callable[..., object]:
+        def start(*args: object, **kwargs: object) -> object:
+            assert [ref() for ref in loaded] == [None]
+            return runtime(*args, **kwargs)
+
+        return start
+
+    monkeypatch.setattr(classifier_module, "load_model", load)
+    monkeypatch.setattr(classifier_module, "OnnxForward", released(OnnxForward))
+    monkeypatch.setattr(classifier_module, "OpenVinoForward", released(OpenVinoForward))
+    classifier = load_classifier(str(tiny_bart_dir), device="cpu", dtype=dtype)
+    assert scores(classifier, fortunes(1, max_chars=200)).shape == (1, len(TASK.labels))

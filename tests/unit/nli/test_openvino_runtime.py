@@ -16,7 +16,7 @@ import torch
 
 from tests.texts import fortunes
 from tests.unit.nli import test_onnx_runtime
-from tests.unit.nli.test_onnx_runtime import scores
+from tests.unit.nli.test_onnx_runtime import TASK, scores
 from worker.nli import openvino_runtime
 from worker.nli.classifier import NLIClassifier, load_classifier
 from worker.nli.forward import TorchForward
@@ -86,3 +86,14 @@ def test_where_openvino_cannot_compute_bfloat16_it_runs_in_torch(
     # As torch runs bfloat16 on a CPU: its products on packed weights.
     model = bfloat16._forward_pass._model
     assert any(isinstance(module, PackedLinear) for module in model.modules())
+
+
+@pytest.mark.skipif(not OPENVINO_BF16, reason="OpenVINO computes no bfloat16 on this CPU")
+def test_the_compiled_model_is_kept_beside_the_export(tiny_bart_dir: Path, cache: Path) -> None:
+    load_classifier(str(tiny_bart_dir), device="cpu", dtype="bfloat16")
+    [export] = cache.iterdir()
+    compiled = list((export / openvino_runtime.COMPILED_DIR).iterdir())
+    assert compiled
+    again = load_classifier(str(tiny_bart_dir), device="cpu", dtype="bfloat16")
+    assert list((export / openvino_runtime.COMPILED_DIR).iterdir()) == compiled
+    assert scores(again, fortunes(1, max_chars=200)).shape == (1, len(TASK.labels))
