@@ -26,7 +26,10 @@ from worker.batching import MicroBatcher
 from worker.nli.base import EncodedEvent
 from worker.nli.budget import CPU_MAX_BATCH_TOKENS, CPU_MIN_BATCH_TOKENS
 from worker.nli.classifier import NLIClassifier, load_classifier
+from worker.nli.forward import model_inputs
 from worker.nli.loading import LoadedModel, load_model, resolve_dtype
+from worker.nli.onnx_runtime import FLOAT32, export_cache, exported
+from worker.nli.openvino_runtime import OpenVinoForward
 from worker.nli.packed import pack_products
 from worker.nli.pooled import pool_last_layer
 from worker.nli.relative import window_relative_attention
@@ -47,6 +50,9 @@ BUDGETS = (2048, 8192, 16384)
 TOKENIZE_REPEATS = 20
 # Texts sent twice in one batch, to show that identical texts are scored once.
 DUPLICATED_TEXTS = 4
+# OpenVINO's profile (--profile): its operator types, the most costly first.
+OPENVINO_PROFILE_ROWS = 8
+FULLY_CONNECTED = "FullyConnected"
 # What the profile breakdown (--profile) counts each operator as, by name; the
 # first match wins, and the rest is "other".
 OPERATOR_GROUPS = (
@@ -242,6 +248,44 @@ def profile(
     ]
 
 
+def profile_openvino(
+    model_dir: str, texts: Sequence[str], load: workload.Workload, flops: float
+) -> list[str]:
+    """Where one pass of the worker's OpenVINO classifier over `texts` (`flops` of work)
+    spends its time, by OpenVINO operator type (its own performance counters)."""
+    tokenizer, model = load_model(model_dir, CPU, torch.float32)
+    pool_last_layer(model)
+    input_names = model_inputs(tokenizer, model)
+    with export_cache() as root:
+        path = exported(model_dir, tokenizer, model, input_names, FLOAT32, root)
+        forward = OpenVinoForward(path, input_names, profile=True)
+    classifier = NLIClassifier(model_dir, tokenizer, model.config, forward)
+    variant = Variant("default, profiled", classifier)
+    # A pass over the same texts first: the first pass of a batch shape costs OpenVINO
+    # more than its operators' own times show.
+    timed(variant, texts, load)
+    forward.op_seconds.clear()
+    total = timed(variant, texts, load)
+    spent = forward.op_seconds
+    profiled = sum(spent.values())
+    return [
+        f"## Where the time of the OpenVINO default goes: its second pass over the texts, "
+        f"{total:.1f} s, {profiled:.1f} s of it in operators (OpenVINO's performance "
+        "counters, by operator type)",
+        "",
+        "| operators | seconds | share |",
+        "|---|---|---|",
+        *(
+            f"| {name} | {seconds:.2f} | {100 * seconds / profiled:.0f}% |"
+            for name, seconds in spent.most_common(OPENVINO_PROFILE_ROWS)
+        ),
+        "",
+        f"- the pass's matmul FLOPs over the FullyConnected operators' time alone: "
+        f"{flops / spent[FULLY_CONNECTED] / 1e9:.0f} GFLOP/s (a little high: attention's "
+        "products are counted in the FLOPs, timed as MatMul)",
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Measure every lever and print a markdown table."""
     parser = argparse.ArgumentParser(prog="python -m bench.levers", description=__doc__)
@@ -251,7 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="add torch.compile(dynamic=True)")
     parser.add_argument("--model", help="model directory (default: built and cached)")
     parser.add_argument(
-        "--profile", action="store_true", help="add the torch model's time by operator group"
+        "--profile",
+        action="store_true",
+        help="add the torch model's time by operator group, and OpenVINO's where it runs",
     )
     parser.add_argument(
         "--dtype",
@@ -313,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         # The profiler sees torch's operators: the model in torch is what it profiles.
         in_torch = next((v for v in found if v.name == TORCH), default)
         lines += ["", *profile(in_torch, load.texts, load, flops)]
+        if default.classifier.info["runtime"] == "openvino":
+            lines += ["", *profile_openvino(model_dir, load.texts, load, flops)]
     print("\n".join(lines))
     return 0
 

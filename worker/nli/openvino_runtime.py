@@ -22,6 +22,7 @@ distilbart-mnli-12-3), later ones read it back without the export.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -43,34 +44,38 @@ COMPILED_DIR = "openvino"
 class OpenVinoForward:
     """An OpenVINO compiled model on the CPU, computing in bfloat16."""
 
-    def __init__(self, path: Path, input_names: frozenset[str]) -> None:
+    def __init__(self, path: Path, input_names: frozenset[str], profile: bool = False) -> None:
+        """`profile` keeps OpenVINO's per-operator times of every pass (`op_seconds`), for
+        the benchmark; the worker runs without."""
         core = openvino.Core()
         if BF16_CAPABILITY not in core.get_property(CPU, "OPTIMIZATION_CAPABILITIES"):
             raise RuntimeError("this CPU has no bfloat16 multiply OpenVINO can use")
-        compiled = core.compile_model(
-            path,
-            CPU,
-            {
-                # The compiled model is kept beside the export it comes from: a
-                # restart maps it in instead of reading and compiling the export.
-                "CACHE_DIR": str(path.parent / COMPILED_DIR),
-                "INFERENCE_PRECISION_HINT": openvino.Type.bf16,
-                # As many threads as torch uses: the worker's one setting of the CPU's share.
-                "INFERENCE_NUM_THREADS": torch.get_num_threads(),
-                # One pass at a time, on every thread: the classifier runs them in turn.
-                "PERFORMANCE_HINT": "LATENCY",
-                # OpenVINO's generated kernels for fused element-wise chains fail to
-                # compile DeBERTa's attention ("not enough registers"); BART's passes
-                # ran as fast without them.
-                "SNIPPETS_MODE": "DISABLE",
-            },
-        )
+        config: dict[str, object] = {
+            "INFERENCE_PRECISION_HINT": openvino.Type.bf16,
+            # As many threads as torch uses: the worker's one setting of the CPU's share.
+            "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+            # One pass at a time, on every thread: the classifier runs them in turn.
+            "PERFORMANCE_HINT": "LATENCY",
+            # OpenVINO's generated kernels for fused element-wise chains fail to
+            # compile DeBERTa's attention ("not enough registers"); BART's passes
+            # ran as fast without them.
+            "SNIPPETS_MODE": "DISABLE",
+        }
+        if profile:
+            config["PERF_COUNT"] = True
+        else:
+            # The compiled model is kept beside the export it comes from: a restart
+            # reads it back instead of reading and compiling the export.
+            config["CACHE_DIR"] = str(path.parent / COMPILED_DIR)
+        compiled = core.compile_model(path, CPU, config)
         chosen = compiled.get_property("INFERENCE_PRECISION_HINT")
         if chosen != openvino.Type.bf16:
             raise RuntimeError(f"OpenVINO chose {chosen} instead of bfloat16 on this CPU")
         self._request = compiled.create_infer_request()
         self._logits = compiled.output(LOGITS)
         self._input_names = input_names
+        self._profile = profile
+        self.op_seconds: Counter[str] = Counter()
 
     @property
     def device(self) -> torch.device:
@@ -91,4 +96,7 @@ class OpenVinoForward:
     def __call__(self, arrays: Arrays) -> torch.Tensor:
         # The request reuses its output buffer at the next pass: the logits are copied out.
         logits = self._request.infer(arrays)[self._logits]
+        if self._profile:
+            for node in self._request.get_profiling_info():
+                self.op_seconds[node.node_type] += node.real_time.total_seconds()
         return torch.from_numpy(np.array(logits, dtype=np.float32))
