@@ -74,6 +74,8 @@ class OpenVinoForward:
         self._request = compiled.create_infer_request()
         self._logits = compiled.output(LOGITS)
         self._input_names = input_names
+        # The export it was compiled from: the benchmark compiles it again to profile it.
+        self.path = path
         self._profile = profile
         self.op_seconds: Counter[str] = Counter()
 
