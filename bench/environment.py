@@ -10,6 +10,8 @@ from typing import Any
 import torch
 import transformers
 
+from worker.nli.precision import INT8_FLAGS
+
 CPUINFO = Path("/proc/cpuinfo")
 LOADAVG = Path("/proc/loadavg")
 # The instruction sets that decide which precision is fast on a CPU.
@@ -20,9 +22,6 @@ CPU_FEATURES = {
     "avx512_vnni": "AVX512-VNNI",
     "amx_bf16": "AMX",
 }
-# Flags of an int8 dot-product instruction (VNNI on AVX-512 or AVX, AMX's int8
-# tiles): where int8 matrix products run several times faster than float32's.
-VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 def _cpuinfo_field(name: str) -> str | None:
@@ -44,7 +43,7 @@ def cpu_flags() -> set[str]:
 
 def has_vnni(flags: set[str]) -> bool:
     """Whether the CPU has an int8 dot-product instruction (VNNI or AMX int8)."""
-    return any(flag in flags for flag in VNNI_FLAGS)
+    return any(flag in flags for flag in INT8_FLAGS)
 
 
 def cpu_description() -> str:

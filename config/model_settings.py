@@ -32,8 +32,8 @@ class ModelSettings(ConfigModel):
         description=(
             "auto: bfloat16 on CUDA (float16 without bf16), and on CPUs with AMX or "
             "AVX512-BF16 where a start-up matmul probe finds it faster; else float32. "
-            "int8 (CPU only, opt-in): the model in ONNX Runtime with int8 weights, faster, "
-            "scores move (see Slow on a CPU)."
+            "int8 (CPU only, opt-in): int8 products, in OpenVINO on CPUs with VNNI or AMX, "
+            "else in ONNX Runtime; faster, scores move (see Slow on a CPU)."
         ),
     )
 

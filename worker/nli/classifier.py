@@ -47,11 +47,11 @@ from worker.nli.onnx_runtime import (
     exported,
     runtime_errors,
 )
-from worker.nli.openvino_runtime import RUNTIME as OPENVINO
-from worker.nli.openvino_runtime import OpenVinoForward
+from worker.nli.openvino_runtime import BFLOAT16, OpenVinoForward, runtime_name
 from worker.nli.packed import pack_products
 from worker.nli.pairs import PairEncoder, Pairs, pairs_of
 from worker.nli.pooled import pool_last_layer
+from worker.nli.precision import cpu_int8_flags
 from worker.nli.relative import window_relative_attention
 
 log = logging.getLogger(__name__)
@@ -279,9 +279,10 @@ def load_classifier(
     """Load model `name` (hub id or directory) and wrap it as a classifier.
 
     `device` is auto | cpu | cuda | cuda:N, `dtype` auto | float32 | bfloat16 |
-    float16, or int8 (CPU only, opt-in); on a CPU, float32 and int8 run in ONNX
-    Runtime (see `onnx_runtime`) and bfloat16 in OpenVINO (see `openvino_runtime`),
-    each in torch where its runtime cannot run the model (int8 aside, which fails).
+    float16, or int8 (CPU only, opt-in); on a CPU, float32 runs in ONNX Runtime (see
+    `onnx_runtime`), bfloat16 in OpenVINO (see `openvino_runtime`) and int8 in
+    OpenVINO where the CPU has an int8 dot product, else in ONNX Runtime; each in
+    torch where its runtime cannot run the model (int8 aside, which fails).
     `max_batch_tokens` None picks the device's default budget. Raises `ModelError` when the model
     cannot be loaded or is not an NLI model.
     """
@@ -301,24 +302,29 @@ def load_classifier(
 def _exported(
     name: str, dtype: torch.dtype, int8: bool, max_batch_tokens: int | None
 ) -> NLIClassifier:
-    """On a CPU the model runs from its float32 ONNX export: float32 and int8 in ONNX
-    Runtime (see worker.nli.onnx_runtime), bfloat16 in OpenVINO (see
-    worker.nli.openvino_runtime). The export is made from float32 weights; where the
-    runtime cannot run it, `dtype` runs in torch (int8 aside, which raises)."""
+    """On a CPU the model runs from its float32 ONNX export: float32 in ONNX Runtime
+    (see worker.nli.onnx_runtime), bfloat16 in OpenVINO (see
+    worker.nli.openvino_runtime), int8 in OpenVINO where the CPU has an int8 dot
+    product and in ONNX Runtime elsewhere. The export is made from float32 weights;
+    where the runtime cannot run it, `dtype` runs in torch (int8 aside, which raises)."""
     tokenizer, model = load_model(name, CPU, torch.float32)
     # Exported with its last layer on the pooled row, as torch runs it (see _in_torch).
     pool_last_layer(model)
     config, input_names = model.config, model_inputs(tokenizer, model)
-    precision = INT8 if int8 else FLOAT32
     start: Callable[[Path], Forward]
-    if dtype == torch.bfloat16:
-        runtime, start = OPENVINO, functools.partial(OpenVinoForward, input_names=input_names)
+    if dtype == torch.bfloat16 or (int8 and cpu_int8_flags()):
+        # OpenVINO lowers the float32 export itself; ONNX Runtime's int8 has an export
+        # of its own, quantized.
+        precision = INT8 if int8 else BFLOAT16
+        export_precision, runtime = FLOAT32, runtime_name(precision)
+        start = functools.partial(OpenVinoForward, input_names=input_names, precision=precision)
     else:
-        runtime = f"ONNX Runtime ({precision})"
-        start = functools.partial(OnnxForward, input_names=input_names, precision=precision)
+        export_precision = INT8 if int8 else FLOAT32
+        runtime = f"ONNX Runtime ({export_precision})"
+        start = functools.partial(OnnxForward, input_names=input_names, precision=export_precision)
     try:
         with export_cache() as root, runtime_errors(name, runtime):
-            path = exported(name, tokenizer, model, input_names, precision, root)
+            path = exported(name, tokenizer, model, input_names, export_precision, root)
             # The runtime reads its own copy of the weights: torch's go before it does,
             # or a start-up would hold both.
             del model

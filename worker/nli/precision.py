@@ -24,6 +24,19 @@ CPUINFO = Path("/proc/cpuinfo")
 # Rapids and later) and AVX512-BF16's dot product (Intel Cooper Lake, AMD Zen 4
 # and 5). torch's oneDNN kernels use either for bfloat16 matrix products.
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+# CPU flags of an int8 dot product: AMX's int8 tiles, VNNI on AVX-512 (Intel
+# Cascade Lake and later, AMD Zen 4 and 5) or on AVX (Alder Lake and later),
+# where int8 matrix products run several times faster than float32's.
+INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
+# torch's own feature detection (private helpers), where /proc/cpuinfo cannot be read.
+DETECTED_FLAGS: dict[str, Callable[[], bool]] = {
+    "amx_bf16": torch.cpu._is_amx_tile_supported,
+    "avx512_bf16": torch.cpu._is_avx512_bf16_supported,
+    "amx_int8": torch.cpu._is_amx_tile_supported,
+    "avx512_vnni": torch.cpu._is_vnni_supported,
+    # torch has no detection of AVX-VNNI.
+    "avx_vnni": lambda: False,
+}
 # The probe's product (tokens x inputs x outputs): one of distilbart-mnli's
 # 1024-wide projections over a small forward batch, so it measures the kernels
 # the model runs, and takes milliseconds.
@@ -108,18 +121,23 @@ class MatmulTimer:
             return self._clock() - started
 
 
-def cpu_bf16_flags(cpuinfo: Path = CPUINFO) -> tuple[str, ...]:
-    """The hardware-bfloat16 flags (`BF16_FLAGS`) this CPU has."""
+def cpu_flags(wanted: tuple[str, ...], cpuinfo: Path = CPUINFO) -> tuple[str, ...]:
+    """Which of the CPU flags `wanted` (of DETECTED_FLAGS) this CPU has, in their order."""
     try:
         flags = set(cpuinfo.read_text(encoding="utf-8", errors="replace").split())
     except OSError:
-        # Not Linux: ask torch's own CPU feature detection (a private helper).
-        detected = {
-            "amx_bf16": torch.cpu._is_amx_tile_supported(),
-            "avx512_bf16": torch.cpu._is_avx512_bf16_supported(),
-        }
-        return tuple(flag for flag in BF16_FLAGS if detected[flag])
-    return tuple(flag for flag in BF16_FLAGS if flag in flags)
+        return tuple(flag for flag in wanted if DETECTED_FLAGS[flag]())
+    return tuple(flag for flag in wanted if flag in flags)
+
+
+def cpu_bf16_flags(cpuinfo: Path = CPUINFO) -> tuple[str, ...]:
+    """The hardware-bfloat16 flags (`BF16_FLAGS`) this CPU has."""
+    return cpu_flags(BF16_FLAGS, cpuinfo)
+
+
+def cpu_int8_flags(cpuinfo: Path = CPUINFO) -> tuple[str, ...]:
+    """The int8 dot-product flags (`INT8_FLAGS`) this CPU has."""
+    return cpu_flags(INT8_FLAGS, cpuinfo)
 
 
 def probe(timer: ProductTimer) -> dict[torch.dtype, float]:

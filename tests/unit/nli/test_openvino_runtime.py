@@ -1,7 +1,9 @@
-"""bfloat16 on the CPU: the model's float32 ONNX export run by OpenVINO in bfloat16.
+"""bfloat16 and int8 on the CPU: the model's float32 ONNX export run by OpenVINO.
 
-Its scores are no further from float32's than transformers' own bfloat16 model's;
-where OpenVINO cannot compute in bfloat16 the model runs in torch instead.
+Its bfloat16 scores are no further from float32's than transformers' own
+bfloat16 model's; where OpenVINO cannot compute in bfloat16 the model runs in
+torch instead. int8 runs here where the CPU has an int8 dot product, its
+weights rounded per output channel, and scores like float32.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import torch
 
 from tests.texts import fortunes
 from tests.unit.nli import test_onnx_runtime
-from tests.unit.nli.test_onnx_runtime import TASK, scores
+from tests.unit.nli.test_onnx_runtime import TASK, assert_int8_scores_like_float32, scores
+from worker.nli import classifier as classifier_module
 from worker.nli import openvino_runtime
 from worker.nli.classifier import NLIClassifier, load_classifier
 from worker.nli.forward import TorchForward
 from worker.nli.loading import load_model
+from worker.nli.onnx_runtime import OnnxForward
 from worker.nli.openvino_runtime import OpenVinoForward
 from worker.nli.packed import PackedLinear
 
@@ -37,6 +41,13 @@ OPENVINO_BF16 = openvino_runtime.BF16_CAPABILITY in openvino.Core().get_property
 
 # Each test's own cache of exports, autouse, as for ONNX Runtime's tests.
 cache = test_onnx_runtime.cache
+
+
+@pytest.fixture
+def int8_dot_product(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a CPU with AVX512-VNNI (OpenVINO runs the same int8 graph on any x86 CPU,
+    only slower without one)."""
+    monkeypatch.setattr(classifier_module, "cpu_int8_flags", lambda: ("avx512_vnni",))
 
 
 def in_torch(model_dir: str, dtype: torch.dtype) -> NLIClassifier:
@@ -115,3 +126,65 @@ def test_a_profiled_forward_counts_its_operators_time_and_caches_nothing(
     scores(profiled, fortunes(2, max_chars=200))
     assert forward.op_seconds["FullyConnected"] > 0
     assert sorted(compiled.iterdir()) == cached
+
+
+@pytest.mark.usefixtures("int8_dot_product")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_int8_runs_in_openvino_and_scores_like_float32(
+    family: str, request: pytest.FixtureRequest
+) -> None:
+    model_dir = str(request.getfixturevalue(family))
+    int8 = load_classifier(model_dir, device="cpu", dtype="int8")
+    assert isinstance(int8._forward_pass, OpenVinoForward)
+    assert int8.info["runtime"] == "openvino"
+    assert_int8_scores_like_float32(int8, model_dir)
+
+
+@pytest.mark.usefixtures("int8_dot_product")
+def test_int8_rounds_the_float32_exports_products_once_and_keeps_them_beside_it(
+    tiny_bart_dir: Path, cache: Path
+) -> None:
+    load_classifier(str(tiny_bart_dir), device="cpu", dtype="float32")
+    load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")
+    [export] = cache.iterdir()
+    model_file = export / openvino_runtime.INT8_DIR / openvino_runtime.INT8_MODEL
+    stamp = model_file.stat().st_mtime_ns
+    again = load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")
+    assert model_file.stat().st_mtime_ns == stamp
+    assert scores(again, fortunes(1, max_chars=200)).shape == (1, len(TASK.labels))
+
+    rounded = openvino.Core().read_model(model_file)
+    int8_weights = [
+        node
+        for node in rounded.get_ordered_ops()
+        if node.get_type_name() == "Constant" and node.get_element_type() == openvino.Type.i8
+    ]
+    products = [n for n in rounded.get_ordered_ops() if n.get_type_name() == "MatMul"]
+    # Every product of weights (projections, feed-forwards, the head); attention's two
+    # multiply activations.
+    assert len(int8_weights) == len(products) - 2 * attention_layers(tiny_bart_dir)
+    # Groups as wide as the model: the feed-forward's inner dimension is a multiple.
+    _, model = load_model(str(tiny_bart_dir), CPU, torch.float32)
+    assert rounded.get_rt_info(openvino_runtime.GROUP_SIZE_KEY).astype(int) == model.config.d_model
+
+
+def attention_layers(model_dir: Path) -> int:
+    """Attention blocks of a BART: self-attention in every layer, cross-attention in the
+    decoder's."""
+    _, model = load_model(str(model_dir), CPU, torch.float32)
+    config = model.config
+    return config.encoder_layers + 2 * config.decoder_layers
+
+
+def test_where_the_cpu_has_no_int8_dot_product_int8_runs_in_onnx_runtime(
+    tiny_bart_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(classifier_module, "cpu_int8_flags", lambda: ())
+    int8 = load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")
+    assert isinstance(int8._forward_pass, OnnxForward)
+    assert int8.info["runtime"] == "onnxruntime"
+
+
+def test_openvino_refuses_a_precision_it_does_not_run(tiny_bart_dir: Path) -> None:
+    with pytest.raises(ValueError, match="not 'float16'"):
+        OpenVinoForward(tiny_bart_dir / "model.onnx", frozenset(), precision="float16")

@@ -14,6 +14,7 @@ from worker.nli.precision import (
     PROBE_WARMUPS,
     MatmulTimer,
     cpu_bf16_flags,
+    cpu_int8_flags,
     cpu_precision,
 )
 
@@ -96,3 +97,6 @@ def test_the_flags_are_read_from_the_cpu_flags(tmp_path: Path) -> None:
     assert cpu_bf16_flags(with_amx) == ("amx_bf16", "avx512_bf16")
     assert cpu_bf16_flags(zen4) == ("avx512_bf16",)
     assert cpu_bf16_flags(without) == ()
+    assert cpu_int8_flags(with_amx) == ("amx_int8",)
+    assert cpu_int8_flags(zen4) == ("avx512_vnni",)
+    assert cpu_int8_flags(without) == ()
