@@ -53,6 +53,7 @@ DUPLICATED_TEXTS = 4
 # OpenVINO's profile (--profile): its operator types, the most costly first.
 OPENVINO_PROFILE_ROWS = 8
 FULLY_CONNECTED = "FullyConnected"
+INT8_OPT_IN = "int8 (opt-in)"
 # What the profile breakdown (--profile) counts each operator as, by name; the
 # first match wins, and the rest is "other".
 OPERATOR_GROUPS = (
@@ -166,7 +167,7 @@ def variants(model_dir: str, dtype: torch.dtype, with_compile: bool) -> list[Var
         Variant("torch: eager attention", classifier(loaded("eager"))),
     ]
     int8 = load_classifier(model_dir, "cpu", "int8")
-    found.append(Variant(f"int8 (opt-in): {int8.info['runtime']}", int8))
+    found.append(Variant(f"{INT8_OPT_IN}: {int8.info['runtime']}", int8))
     if int8.info["runtime"] != "onnxruntime":
         found.append(
             Variant(
@@ -268,16 +269,17 @@ def profile(
 
 
 def profile_openvino(
+    name: str,
     classifier: NLIClassifier,
     forward: OpenVinoForward,
     texts: Sequence[str],
     load: workload.Workload,
     flops: float,
 ) -> list[str]:
-    """Where one pass of `classifier` (the worker's, on `forward`, OpenVINO compiled to
+    """Where one pass of `classifier` (variant `name`, on `forward`, OpenVINO compiled to
     profile) over `texts` (`flops` of work) spends its time, by OpenVINO operator type
     (its own performance counters)."""
-    variant = Variant("default, profiled", classifier)
+    variant = Variant(f"{name}, profiled", classifier)
     # A pass over the same texts first: the first pass of a batch shape costs OpenVINO
     # more than its operators' own times show.
     timed(variant, texts, load)
@@ -285,8 +287,10 @@ def profile_openvino(
     total = timed(variant, texts, load)
     spent = forward.op_seconds
     profiled = sum(spent.values())
+    # Products on float weights, or on int8 ones ("FullyConnectedCompressed").
+    products = sum(s for op, s in spent.items() if op.startswith(FULLY_CONNECTED))
     return [
-        f"## Where the time of the OpenVINO default goes: its second pass over the texts, "
+        f"## Where the time of `{name}` goes: its second pass over the texts, "
         f"{total:.1f} s, {profiled:.1f} s of it in operators (OpenVINO's performance "
         "counters, by operator type)",
         "",
@@ -298,7 +302,7 @@ def profile_openvino(
         ),
         "",
         f"- the pass's matmul FLOPs over the FullyConnected operators' time alone: "
-        f"{flops / spent[FULLY_CONNECTED] / 1e9:.0f} GFLOP/s (a little high: attention's "
+        f"{flops / products / 1e9:.0f} GFLOP/s (a little high: attention's "
         "products are counted in the FLOPs, timed as MatMul)",
     ]
 
@@ -376,12 +380,20 @@ def main(argv: list[str] | None = None) -> int:
         # The profiler sees torch's operators: the model in torch is what it profiles.
         in_torch = next((v for v in found if v.name == TORCH), default)
         lines += ["", *profile(in_torch, load.texts, load, flops)]
-        if default.classifier.info["runtime"] == "openvino":
-            # The worker's own export, compiled again with OpenVINO's counters on.
-            running = cast(OpenVinoForward, default.classifier._forward_pass)
-            forward = OpenVinoForward(running.path, running.input_names, profile=True)
+        # The default and the int8 opt-in, where the worker runs them in OpenVINO: the
+        # worker's own export, compiled again with OpenVINO's counters on.
+        for variant in (default, next(v for v in found if v.name.startswith(INT8_OPT_IN))):
+            if variant.classifier.info["runtime"] != "openvino":
+                continue
+            running = cast(OpenVinoForward, variant.classifier._forward_pass)
+            forward = OpenVinoForward(
+                running.path, running.input_names, running.precision, profile=True
+            )
             profiled = NLIClassifier(model_dir, tokenizer, config, forward)
-            lines += ["", *profile_openvino(profiled, forward, load.texts, load, flops)]
+            lines += [
+                "",
+                *profile_openvino(variant.name, profiled, forward, load.texts, load, flops),
+            ]
     print("\n".join(lines))
     return 0
 
