@@ -26,9 +26,8 @@ from worker.batching import MicroBatcher
 from worker.nli.base import EncodedEvent
 from worker.nli.budget import CPU_MAX_BATCH_TOKENS, CPU_MIN_BATCH_TOKENS
 from worker.nli.classifier import NLIClassifier, load_classifier
-from worker.nli.forward import model_inputs
 from worker.nli.loading import LoadedModel, load_model, resolve_dtype
-from worker.nli.onnx_runtime import INT8, OnnxForward, export_cache, exported
+from worker.nli.onnx_runtime import INT8, OnnxForward
 from worker.nli.openvino_runtime import OpenVinoForward
 from worker.nli.packed import pack_products
 from worker.nli.pooled import pool_last_layer
@@ -168,11 +167,13 @@ def variants(model_dir: str, dtype: torch.dtype, with_compile: bool) -> list[Var
     ]
     int8 = load_classifier(model_dir, "cpu", "int8")
     found.append(Variant(f"{INT8_OPT_IN}: {int8.info['runtime']}", int8))
-    if int8.info["runtime"] != "onnxruntime":
+    if isinstance(exported := int8._forward_pass, OpenVinoForward):
+        # The same export in ONNX Runtime's int8.
+        onnx_int8 = OnnxForward(exported.path, exported.input_names, INT8)
         found.append(
             Variant(
                 "int8 in ONNX Runtime (weights per tensor), as on a CPU without VNNI",
-                onnx_runtime_int8(model_dir),
+                NLIClassifier(model_dir, tokenizer, config, onnx_int8),
             )
         )
     if with_compile:
@@ -185,17 +186,6 @@ def variants(model_dir: str, dtype: torch.dtype, with_compile: bool) -> list[Var
             )
         )
     return found
-
-
-def onnx_runtime_int8(model_dir: str) -> NLIClassifier:
-    """The worker's int8 of CPUs without an int8 dot product: ONNX Runtime's."""
-    tokenizer, model = load_model(model_dir, CPU, torch.float32)
-    pool_last_layer(model)
-    names = model_inputs(tokenizer, model)
-    with export_cache() as root:
-        path = exported(model_dir, tokenizer, model, names, INT8, root)
-    forward = OnnxForward(path, names, INT8)
-    return NLIClassifier(model_dir, tokenizer, model.config, forward)
 
 
 def tokenize_costs(

@@ -9,8 +9,8 @@ logits as soon as they are all there; `classify` waits for every event.
 
 from __future__ import annotations
 
-import functools
 import gc
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -47,7 +47,7 @@ from worker.nli.onnx_runtime import (
     exported,
     runtime_errors,
 )
-from worker.nli.openvino_runtime import BFLOAT16, OpenVinoForward, runtime_name
+from worker.nli.openvino_runtime import BFLOAT16, OpenVinoForward
 from worker.nli.packed import pack_products
 from worker.nli.pairs import PairEncoder, Pairs, pairs_of
 from worker.nli.pooled import pool_last_layer
@@ -57,6 +57,9 @@ from worker.nli.relative import window_relative_attention
 log = logging.getLogger(__name__)
 
 CPU = torch.device("cpu")
+# A runtime of the CPU's float32 export: its name, how it starts on the export
+# (path, input names, precision), and the precision it runs.
+CpuRuntime = tuple[str, Callable[[Path, frozenset[str], str], Forward], str]
 
 
 class NLIClassifier:
@@ -305,40 +308,69 @@ def _exported(
     """On a CPU the model runs from its float32 ONNX export: float32 in ONNX Runtime
     (see worker.nli.onnx_runtime), bfloat16 in OpenVINO (see
     worker.nli.openvino_runtime), int8 in OpenVINO where the CPU has an int8 dot
-    product and in ONNX Runtime elsewhere. The export is made from float32 weights;
-    where the runtime cannot run it, `dtype` runs in torch (int8 aside, which raises)."""
+    product and in ONNX Runtime elsewhere, or where OpenVINO cannot run the model.
+    Where the model does not export or no runtime runs it, `dtype` runs in torch
+    (int8 aside, which raises)."""
     tokenizer, model = load_model(name, CPU, torch.float32)
     # Exported with its last layer on the pooled row, as torch runs it (see _in_torch).
     pool_last_layer(model)
     config, input_names = model.config, model_inputs(tokenizer, model)
-    start: Callable[[Path], Forward]
-    if dtype == torch.bfloat16 or (int8 and cpu_int8_flags()):
-        # OpenVINO lowers the float32 export itself; ONNX Runtime's int8 has an export
-        # of its own, quantized.
-        precision = INT8 if int8 else BFLOAT16
-        export_precision, runtime = FLOAT32, runtime_name(precision)
-        start = functools.partial(OpenVinoForward, input_names=input_names, precision=precision)
-    else:
-        export_precision = INT8 if int8 else FLOAT32
-        runtime = f"ONNX Runtime ({export_precision})"
-        start = functools.partial(OnnxForward, input_names=input_names, precision=export_precision)
     try:
-        with export_cache() as root, runtime_errors(name, runtime):
-            path = exported(name, tokenizer, model, input_names, export_precision, root)
+        with export_cache() as root:
+            with runtime_errors(f"cannot export model {name!r} to ONNX"):
+                path = exported(name, tokenizer, model, input_names, root)
             # The runtime reads its own copy of the weights: torch's go before it does,
             # or a start-up would hold both.
             del model
             gc.collect()
-            started = time.perf_counter()
-            forward = start(path)
+            forward = _started(name, path, input_names, _cpu_runtimes(dtype, int8))
     except ModelError as error:
         if int8:
             raise ModelError(f"dtype {INT8!r} is not available: {error}") from None
         log.warning("%s; %s runs in torch instead", error, str(dtype).removeprefix("torch."))
         tokenizer, model = load_model(name, CPU, dtype)
         return _in_torch(name, tokenizer, model, max_batch_tokens)
-    log.info("%s in %s ready in %.1f s", name, runtime, time.perf_counter() - started)
     return NLIClassifier(name, tokenizer, config, forward, max_batch_tokens)
+
+
+def _cpu_runtimes(dtype: torch.dtype, int8: bool) -> list[CpuRuntime]:
+    """The runtimes that may run `dtype` (or int8) from the float32 export, the first
+    choice first: (name, runtime, precision)."""
+    onnx_int8 = ("ONNX Runtime", OnnxForward, INT8)
+    if int8:
+        return [("OpenVINO", OpenVinoForward, INT8), onnx_int8] if cpu_int8_flags() else [onnx_int8]
+    if dtype == torch.bfloat16:
+        return [("OpenVINO", OpenVinoForward, BFLOAT16)]
+    return [("ONNX Runtime", OnnxForward, FLOAT32)]
+
+
+def _started(
+    name: str, path: Path, input_names: frozenset[str], runtimes: list[CpuRuntime]
+) -> Forward:
+    """The first of `runtimes` that runs the export at `path`; where one cannot, the next
+    one does, and the last one's failure raises (a `ModelError` naming it)."""
+    for runtime, (fallback, _, _) in itertools.pairwise(runtimes):
+        try:
+            return _start(name, path, input_names, runtime)
+        except ModelError as error:
+            log.warning("%s; %s runs in %s instead", error, runtime[2], fallback)
+    return _start(name, path, input_names, runtimes[-1])
+
+
+def _start(name: str, path: Path, input_names: frozenset[str], runtime: CpuRuntime) -> Forward:
+    """`runtime` running the export at `path`; a `ModelError` where it cannot."""
+    runtime_name, start, precision = runtime
+    started = time.perf_counter()
+    with runtime_errors(f"cannot run model {name!r} in {runtime_name} ({precision})"):
+        forward = start(path, input_names, precision)
+    log.info(
+        "%s in %s (%s) ready in %.1f s",
+        name,
+        runtime_name,
+        precision,
+        time.perf_counter() - started,
+    )
+    return forward
 
 
 def _in_torch(

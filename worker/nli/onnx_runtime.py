@@ -21,12 +21,12 @@ scores of every layer that the eager graph (mask added, then softmax) does
 without. The scores are the same.
 
 ONNX Runtime's CPU kernels have no fast bfloat16 path: bfloat16 runs the same
-float32 export in OpenVINO (worker.nli.openvino_runtime). The export (and
-quantization) takes from seconds to a minute, so its result is cached under
-XDG_CACHE_HOME (~/.cache) by a digest of the weights, the precision and the
-versions that shape the graph: a restart loads it in a second or two. Where
-the cache cannot be written the model is exported into a temporary directory,
-each start-up again.
+float32 export in OpenVINO (worker.nli.openvino_runtime). The export takes from
+seconds to a minute, so it is cached under XDG_CACHE_HOME (~/.cache) by a
+digest of the weights and of the versions that shape the graph: a restart
+loads it in a second or two. What each runtime derives from it (int8 weights,
+a compiled model) is kept beside it, made once. Where the cache cannot be
+written the model is exported into a temporary directory, each start-up again.
 """
 
 from __future__ import annotations
@@ -93,11 +93,11 @@ EAGER = "eager"
 # ONNX operator set of the export: 17 has LayerNormalization, which ONNX
 # Runtime runs fused.
 OPSET = 17
-# Bump when the export or the quantization recipe changes: old caches are then ignored.
-RECIPE = (
-    "export-v4 (BART, DeBERTa-v2: last layer on the pooled row; eager attention), int8"
-    ": dynamic, MatMul weights per tensor"
-)
+# Bump when the export changes: old caches are then ignored.
+RECIPE = "export-v5 (BART, DeBERTa-v2: last layer on the pooled row; eager attention; float32)"
+# The export with its MatMul weights in int8, beside it; the suffix names the recipe
+# (dynamic quantization, weights per tensor): a new recipe makes a new one.
+INT8_DIR = "onnxruntime-int8-v1"
 CACHE_DIR = "zsc-worker/onnx"
 # The digest hashes small tensors whole (biases, norms, a classification head:
 # what a light fine-tune changes alone) and an even sample of each larger one,
@@ -128,12 +128,11 @@ def cache_root() -> Path:
     return Path(base) / CACHE_DIR
 
 
-def model_digest(model: PreTrainedModel, input_names: frozenset[str], precision: str) -> str:
+def model_digest(model: PreTrainedModel, input_names: frozenset[str]) -> str:
     """A digest of everything the graph depends on: weights (see DIGEST_WHOLE_ELEMENTS),
-    inputs, precision, recipe, versions."""
+    inputs, recipe, versions."""
     digest = hashlib.blake2b(digest_size=16)
     for part in (
-        precision,
         RECIPE,
         str(OPSET),
         torch.__version__,
@@ -171,39 +170,56 @@ def export(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     input_names: frozenset[str],
-    precision: str,
     target: Path,
 ) -> None:
-    """Export a float32 CPU model to ONNX at `target`; for INT8, its MatMul weights in int8."""
+    """Export a float32 CPU model to ONNX at `target`."""
     names = tuple(n for n in (INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS) if n in input_names)
     premises, hypotheses = zip(*EXAMPLE_PAIRS, strict=True)
     example = tokenizer(list(premises), list(hypotheses), padding=True, return_tensors="pt")
     axes = {name: {0: "pairs", 1: "tokens"} for name in names} | {LOGITS: {0: "pairs"}}
-    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-        float32 = target if precision == FLOAT32 else Path(scratch) / "model.float32.onnx"
-        with warnings.catch_warnings(), _attention(model, EAGER):
-            # The tracer warns about every Python branch on a shape; the example
-            # has padding, and the caller checks the graph against torch.
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                _Logits(model, names),
-                tuple(example[name] for name in names),
-                str(float32),
-                input_names=list(names),
-                output_names=[LOGITS],
-                dynamic_axes=axes,
-                opset_version=OPSET,
-                dynamo=False,
-            )
-        if precision == FLOAT32:
-            return
-        with _quiet_quantizer():
+    with warnings.catch_warnings(), _attention(model, EAGER):
+        # The tracer warns about every Python branch on a shape; the example
+        # has padding, and the caller checks the graph against torch.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _Logits(model, names),
+            tuple(example[name] for name in names),
+            str(target),
+            input_names=list(names),
+            output_names=[LOGITS],
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,
+        )
+
+
+def int8_model(export: Path) -> Path:
+    """The export with its MatMul weights in int8 (INT8_DIR beside it), made first unless
+    another start-up did: ONNX Runtime's dynamic quantization (see the module's docstring)."""
+    target = export.parent / INT8_DIR
+    if not (target / MODEL_FILE).is_file():
+        with written_once(target) as staging, _quiet_quantizer():
             quantize_dynamic(
-                float32,
-                target,
+                export,
+                staging / MODEL_FILE,
                 weight_type=QuantType.QInt8,
                 extra_options={"MatMulConstBOnly": True},
             )
+    return target / MODEL_FILE
+
+
+@contextlib.contextmanager
+def written_once(target: Path) -> Iterator[Path]:
+    """A directory to write what belongs at `target` into, moved there whole after the
+    block: another start-up on the same cache that finished first keeps its own copy
+    (either is whole), and a crash leaves no half-written `target` behind."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        yield staging
+        with contextlib.suppress(OSError):
+            staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -263,16 +279,22 @@ class OnnxForward:
     """An ONNX Runtime session of the model, on the CPU."""
 
     def __init__(self, path: Path, input_names: frozenset[str], precision: str) -> None:
+        """`path` is the model's float32 export; int8 runs its quantized copy (`int8_model`)."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"ONNX Runtime runs {' or '.join(PRECISIONS)}, not {precision!r}")
         options = onnxruntime.SessionOptions()
         # As many threads as torch uses: the worker's one setting of the CPU's share.
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        source = int8_model(path) if precision == INT8 else path
         self._session = onnxruntime.InferenceSession(
-            str(path), options, providers=["CPUExecutionProvider"]
+            str(source), options, providers=["CPUExecutionProvider"]
         )
         self._input_names = input_names
         self._precision = precision
+        # The export it was made from: the benchmark runs it in other runtimes too.
+        self.path = path
 
     @property
     def device(self) -> torch.device:
@@ -317,15 +339,13 @@ def export_cache() -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def runtime_errors(name: str, runtime: str) -> Iterator[None]:
-    """What a model that does not export, or that `runtime` cannot run, raises, as the
-    `ModelError` that says so."""
+def runtime_errors(failure: str) -> Iterator[None]:
+    """What a model that does not export, or that a runtime cannot run, raises, as the
+    `ModelError` that says so: `failure` ("cannot run model ... in ...") and the cause."""
     try:
         yield
     except EXPORT_ERRORS as error:
-        raise ModelError(
-            f"cannot run model {name!r} in {runtime}: {type(error).__name__}: {error}"
-        ) from None
+        raise ModelError(f"{failure}: {type(error).__name__}: {error}") from None
 
 
 def exported(
@@ -333,26 +353,19 @@ def exported(
     tokenizer: PreTrainedTokenizerBase,
     model: PreTrainedModel,
     input_names: frozenset[str],
-    precision: str,
     root: Path,
 ) -> Path:
-    """The export of a float32 CPU model in `precision` under `root` (see `export_cache`),
-    made first unless another start-up did. Raises what `runtime_errors` turns into a
+    """The float32 export of a float32 CPU model under `root` (see `export_cache`), made
+    first unless another start-up did. Raises what `runtime_errors` turns into a
     `ModelError`."""
-    digest = model_digest(model, input_names, precision)
+    digest = model_digest(model, input_names)
     path = root / digest / MODEL_FILE
     if path.is_file():
         with contextlib.suppress(OSError):
             os.utime(root / digest)
         return path
-    log.info("exporting %s to ONNX in %s (once per model and versions)", name, precision)
-    staging = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=root))
-    try:
-        export(model, tokenizer, input_names, precision, staging / MODEL_FILE)
-        # Another worker on the same cache may have finished first: either copy is whole.
-        with contextlib.suppress(OSError):
-            staging.rename(root / digest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    log.info("exporting %s to ONNX (once per model and versions)", name)
+    with written_once(root / digest) as staging:
+        export(model, tokenizer, input_names, staging / MODEL_FILE)
     prune(root, keep=digest, now=time.time())
     return path

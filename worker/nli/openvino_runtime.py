@@ -29,15 +29,13 @@ instructions while attention, layer norms and activations stay in bfloat16
 AVX512-VNNI), OpenVINO's default groups of 32 ran well behind groups of the
 model's width. ONNX Runtime's int8 (worker.nli.onnx_runtime: weights per
 tensor, attention in float32) stays the int8 of CPUs without an int8 dot
-product: OpenVINO's has been measured only on CPUs with one.
+product, OpenVINO's having been measured only on CPUs with one, and of models
+OpenVINO cannot run.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -47,7 +45,7 @@ import torch
 from openvino import opset13
 
 from worker.nli.forward import Arrays
-from worker.nli.onnx_runtime import INT8, LOGITS
+from worker.nli.onnx_runtime import INT8, LOGITS, written_once
 
 BFLOAT16 = "bfloat16"
 PRECISIONS = (BFLOAT16, INT8)
@@ -64,11 +62,6 @@ INT8_MAX = 127
 # Where OpenVINO reads the dynamic quantization's group size from a model's own
 # runtime information, so that a compiled model read back from the cache has it too.
 GROUP_SIZE_KEY = ["runtime_options", "DYNAMIC_QUANTIZATION_GROUP_SIZE"]
-
-
-def runtime_name(precision: str) -> str:
-    """How logs and errors name OpenVINO in `precision`."""
-    return f"OpenVINO ({precision})"
 
 
 class OpenVinoForward:
@@ -160,14 +153,8 @@ def int8_model(core: openvino.Core, export: Path) -> Path:
     # Groups as wide as every product's inner dimension allows (the model's width):
     # one scale per token for most products; narrower groups ran slower.
     model.set_rt_info(str(math.gcd(*widths)), GROUP_SIZE_KEY)
-    staging = Path(tempfile.mkdtemp(prefix=f".{INT8_DIR}-", dir=export.parent))
-    try:
+    with written_once(target) as staging:
         openvino.save_model(model, staging / INT8_MODEL, compress_to_fp16=False)
-        # Another worker on the same cache may have finished first: either copy is whole.
-        with contextlib.suppress(OSError):
-            staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target / INT8_MODEL
 
 

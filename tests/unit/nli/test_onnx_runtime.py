@@ -1,9 +1,10 @@
 """float32 and int8 on the CPU: the model exported to ONNX and run by ONNX Runtime.
 
 float32 keeps the pipeline's scores; int8 (CPU only, opt-in, never the default)
-moves them a little. Both are cached by a digest of the weights. int8 runs in
-ONNX Runtime where the CPU has no int8 dot product (elsewhere in OpenVINO:
-test_openvino_runtime), as these tests make every CPU look.
+moves them a little. The float32 export is cached by a digest of the weights,
+int8's quantized copy beside it. int8 runs in ONNX Runtime where the CPU has no
+int8 dot product (elsewhere in OpenVINO: test_openvino_runtime), as these tests
+make every CPU look.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def test_the_export_traces_eager_attention_and_gives_the_model_back_as_it_was(
 ) -> None:
     tokenizer, model = load_model(str(tiny_bart_dir), torch.device("cpu"), torch.float32, "sdpa")
     target = tmp_path / MODEL_FILE
-    onnx_runtime.export(model, tokenizer, model_inputs(tokenizer, model), "float32", target)
+    onnx_runtime.export(model, tokenizer, model_inputs(tokenizer, model), target)
     # SDPA's export guards fully masked rows with IsNaN and Where over every score.
     assert "IsNaN" not in {node.op_type for node in onnx.load(str(target)).graph.node}
     assert model.config._attn_implementation == "sdpa"
@@ -114,23 +115,31 @@ def assert_int8_scores_like_float32(int8: NLIClassifier, model_dir: str) -> None
     assert np.abs(got - expected).mean() < MAX_MEAN_DELTA
 
 
-def test_the_export_is_cached_and_reused(
+def test_one_export_serves_float32_and_int8_each_made_once(
     tiny_bart_dir: Path, cache: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.INFO, logger=onnx_runtime.__name__):
         first = load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")
-        exported = list(cache.glob(f"*/{MODEL_FILE}"))
-        assert len(exported) == 1
-        stamp = exported[0].stat().st_mtime_ns
+        load_classifier(str(tiny_bart_dir), device="cpu", dtype="float32")
+        [export] = cache.glob(f"*/{MODEL_FILE}")
+        quantized = export.parent / onnx_runtime.INT8_DIR / MODEL_FILE
+        stamps = [export.stat().st_mtime_ns, quantized.stat().st_mtime_ns]
         second = load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")
-    assert exported[0].stat().st_mtime_ns == stamp
+    assert [export.stat().st_mtime_ns, quantized.stat().st_mtime_ns] == stamps
     assert [r.message for r in caplog.records].count(
-        f"exporting {tiny_bart_dir} to ONNX in int8 (once per model and versions)"
+        f"exporting {tiny_bart_dir} to ONNX (once per model and versions)"
     ) == 1
+    # MatMul weights in int8: the products run as MatMulInteger.
+    operators = {node.op_type for node in onnx.load(str(quantized)).graph.node}
+    assert "MatMulInteger" in operators
     texts = fortunes(2, max_chars=200)
     np.testing.assert_array_equal(scores(first, texts), scores(second, texts))
     # Leftovers of an export (a crash half-way) never count as the model.
-    assert [p.name for p in cache.iterdir()] == [exported[0].parent.name]
+    assert [p.name for p in cache.iterdir()] == [export.parent.name]
+    assert sorted(p.name for p in export.parent.iterdir()) == [
+        MODEL_FILE,
+        onnx_runtime.INT8_DIR,
+    ]
 
 
 def test_exports_unused_for_30_days_are_pruned_when_one_is_written(
@@ -171,18 +180,18 @@ def test_the_digest_follows_the_weights_a_fine_tune_changes(
     monkeypatch.setattr(onnx_runtime, "DIGEST_SAMPLED_ELEMENTS", 64)
     _, model = load_model(str(tiny_bart_dir), torch.device("cpu"), torch.float32)
     names = frozenset({"input_ids", "attention_mask"})
-    original = onnx_runtime.model_digest(model, names, "int8")
-    assert onnx_runtime.model_digest(model, names, "int8") == original
-    assert onnx_runtime.model_digest(model, names, "float32") != original
+    original = onnx_runtime.model_digest(model, names)
+    assert onnx_runtime.model_digest(model, names) == original
+    assert onnx_runtime.model_digest(model, names | {"token_type_ids"}) != original
     with torch.no_grad():
         head = model.classification_head.out_proj.bias
         head += 1e-3
-        assert onnx_runtime.model_digest(model, names, "int8") != original
+        assert onnx_runtime.model_digest(model, names) != original
         head -= 1e-3
         matrix = model.model.encoder.layers[0].fc1.weight
         assert matrix.numel() > 1024
         matrix += 1e-3 * torch.randn_like(matrix)
-        assert onnx_runtime.model_digest(model, names, "int8") != original
+        assert onnx_runtime.model_digest(model, names) != original
 
 
 def test_a_cache_that_cannot_be_written_exports_into_a_temporary_directory(
@@ -201,7 +210,7 @@ def test_int8_of_a_model_that_does_not_export_is_a_model_error(
     tiny_bart_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(onnx_runtime, "export", fail)
-    with pytest.raises(ModelError, match=r"'int8' is not available.*ONNX Runtime.*no symbol for"):
+    with pytest.raises(ModelError, match=r"'int8' is not available.*export.*no symbol for"):
         load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")
 
 

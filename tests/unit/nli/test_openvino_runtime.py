@@ -18,9 +18,15 @@ import torch
 
 from tests.texts import fortunes
 from tests.unit.nli import test_onnx_runtime
-from tests.unit.nli.test_onnx_runtime import TASK, assert_int8_scores_like_float32, scores
+from tests.unit.nli.test_onnx_runtime import (
+    TASK,
+    assert_int8_scores_like_float32,
+    fail,
+    scores,
+)
+from worker.errors import ModelError
 from worker.nli import classifier as classifier_module
-from worker.nli import openvino_runtime
+from worker.nli import onnx_runtime, openvino_runtime
 from worker.nli.classifier import NLIClassifier, load_classifier
 from worker.nli.forward import TorchForward
 from worker.nli.loading import load_model
@@ -185,6 +191,36 @@ def test_where_the_cpu_has_no_int8_dot_product_int8_runs_in_onnx_runtime(
     assert int8.info["runtime"] == "onnxruntime"
 
 
-def test_openvino_refuses_a_precision_it_does_not_run(tiny_bart_dir: Path) -> None:
-    with pytest.raises(ValueError, match="not 'float16'"):
-        OpenVinoForward(tiny_bart_dir / "model.onnx", frozenset(), precision="float16")
+@pytest.mark.usefixtures("int8_dot_product")
+def test_where_openvino_cannot_run_int8_it_runs_in_onnx_runtime(
+    tiny_bart_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(openvino_runtime, "int8_model", fail)
+    with caplog.at_level(logging.WARNING):
+        int8 = load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")
+    assert isinstance(int8._forward_pass, OnnxForward)
+    assert int8.info["precision"] == "int8"
+    [warning] = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+    assert "OpenVINO (int8): RuntimeError: an operator ONNX has no symbol for" in warning
+    assert warning.endswith("int8 runs in ONNX Runtime instead")
+    assert_int8_scores_like_float32(int8, str(tiny_bart_dir))
+
+
+@pytest.mark.usefixtures("int8_dot_product")
+def test_where_no_runtime_runs_int8_it_is_a_model_error(
+    tiny_bart_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(openvino_runtime, "int8_model", fail)
+    monkeypatch.setattr(onnx_runtime, "int8_model", fail)
+    with pytest.raises(ModelError, match=r"'int8' is not available.* ONNX Runtime \(int8\)"):
+        load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")
+
+
+@pytest.mark.parametrize(
+    ("runtime", "precision"), [(OpenVinoForward, "float16"), (OnnxForward, "bfloat16")]
+)
+def test_each_runtime_refuses_a_precision_it_does_not_run(
+    tiny_bart_dir: Path, runtime: type, precision: str
+) -> None:
+    with pytest.raises(ValueError, match=f"not {precision!r}"):
+        runtime(tiny_bart_dir / "model.onnx", frozenset(), precision)
