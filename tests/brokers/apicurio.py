@@ -29,11 +29,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
 
 from tests.brokers import apache_kafka
-from worker.embedded.base import LOOPBACK, free_loopback_ports, log_tail
+from worker.embedded.base import LOOPBACK, Launch, LoopbackProcess, free_loopback_ports
 from worker.errors import BrokerError
 
 VERSION = "2.6.13.Final"
@@ -144,7 +142,7 @@ def fetch(force: bool = False) -> Path:
     return target
 
 
-class ApicurioRegistry:
+class ApicurioRegistry(LoopbackProcess):
     """One in-memory Apicurio Registry on a free loopback port.
 
     Usage::
@@ -156,64 +154,16 @@ class ApicurioRegistry:
     def __init__(
         self, start_timeout_s: float = START_TIMEOUT_S, stop_timeout_s: float = STOP_TIMEOUT_S
     ) -> None:
-        self._start_timeout_s = start_timeout_s
-        self._stop_timeout_s = stop_timeout_s
-        self._workdir: Path | None = None
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-        self._port: int | None = None
+        super().__init__(start_timeout_s=start_timeout_s, stop_timeout_s=stop_timeout_s)
 
     @property
-    def port(self) -> int:
-        """The loopback port it listens on."""
-        if self._port is None:
-            raise BrokerError("the registry is not running")
-        return self._port
+    def name(self) -> str:
+        return "Apicurio Registry"
 
     @property
     def url(self) -> str:
         """The Confluent-compatible API, for `schema_registry.url`."""
         return url_at(self.port)
-
-    @property
-    def log_path(self) -> Path:
-        """The registry's log (deleted on `stop`)."""
-        if self._workdir is None:
-            raise BrokerError("the registry has no directory: it is not running")
-        return self._workdir / "registry.log"
-
-    def start(self) -> Self:
-        """Start the registry and return once it answers its API; BrokerError with its log's
-        tail when it does not."""
-        java = apache_kafka.java_executable()
-        if java is None:
-            raise BrokerError("cannot start Apicurio Registry: no `java` on the PATH or JAVA_HOME")
-        jar = fetch() / RUNNER_JAR
-        self._workdir = Path(tempfile.mkdtemp(prefix="zsc-apicurio-"))
-        [self._port] = free_loopback_ports(1)
-        try:
-            self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the registry
-            self._process = subprocess.Popen(
-                [
-                    java,
-                    *JVM_OPTIONS,
-                    # Loopback only: the registry must not be reachable from other hosts.
-                    f"-Dquarkus.http.host={LOOPBACK}",
-                    f"-Dquarkus.http.port={self._port}",
-                    "-Dquarkus.log.level=WARN",
-                    "-jar",
-                    str(jar),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-                cwd=self._workdir,
-            )
-            self._wait_until_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
     def pause(self) -> None:
         """Stop the registry's process where it is: connections open, nothing answers."""
@@ -225,58 +175,38 @@ class ApicurioRegistry:
         assert self._process is not None
         self._process.send_signal(signal.SIGCONT)
 
-    def stop(self) -> None:
-        """Stop the registry (SIGTERM, SIGKILL after the grace period); delete its files."""
-        process, self._process = self._process, None
-        self._port = None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGCONT)  # a paused JVM would not see the SIGTERM
-            process.terminate()
-            try:
-                process.wait(self._stop_timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        if self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-            self._workdir = None
+    def _prepare(self, workdir: Path) -> Launch:
+        java = apache_kafka.java_executable()
+        if java is None:
+            raise BrokerError("cannot start Apicurio Registry: no `java` on the PATH or JAVA_HOME")
+        jar = fetch() / RUNNER_JAR
+        [port] = free_loopback_ports(1)
+        command = [
+            java,
+            *JVM_OPTIONS,
+            # Loopback only: the registry must not be reachable from other hosts.
+            f"-Dquarkus.http.host={LOOPBACK}",
+            f"-Dquarkus.http.port={port}",
+            "-Dquarkus.log.level=WARN",
+            "-jar",
+            str(jar),
+        ]
+        return Launch(command=command, port=port)
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _wait_until_ready(self) -> None:
-        assert self._process is not None
+    def _wait_until_ready(self, port: int) -> None:
+        """Block until the registry answers its API."""
         deadline = time.monotonic() + self._start_timeout_s
         while True:
-            if (code := self._process.poll()) is not None:
-                raise BrokerError(
-                    f"Apicurio Registry exited with code {code} during start-up; "
-                    f"last lines of its log:\n{log_tail(self.log_path)}"
-                )
+            self._check_alive()
             with (
                 contextlib.suppress(urllib.error.URLError, OSError),
                 urllib.request.urlopen(
-                    f"{self.url}/subjects", timeout=READY_REQUEST_TIMEOUT_S
+                    f"{url_at(port)}/subjects", timeout=READY_REQUEST_TIMEOUT_S
                 ) as answer,
             ):
                 if answer.status == 200:
                     return
-            if time.monotonic() >= deadline:
-                raise BrokerError(
-                    f"Apicurio Registry did not answer within {self._start_timeout_s:.0f} s; "
-                    f"last lines of its log:\n{log_tail(self.log_path)}"
-                )
+            self._check_deadline(deadline, port)
             time.sleep(READY_POLL_INTERVAL_S)
 
 

@@ -1,11 +1,12 @@
 """What every embedded broker shares: a child process on loopback, its log, start-up, shutdown.
 
-A subclass only says how to launch its broker (`_prepare`); this class owns the
-process: it spawns it with its output in a log file inside a private temporary
-directory, waits until it answers Kafka metadata requests, and stops it with its
-`stop_signal` (SIGKILL after a grace period). Start-up failures become
-`BrokerError` carrying the tail of that log, since the log is deleted with the
-directory.
+`LoopbackProcess` owns a server run as a child process: it spawns it with its
+output in a log file inside a private temporary directory, waits until it is
+ready, and stops it with its `stop_signal` (SIGKILL after a grace period).
+Start-up failures become `BrokerError` carrying the tail of that log, since the
+log is deleted with the directory. A subclass says how to launch its server
+(`_prepare`) and when it is ready (`_wait_until_ready`): `EmbeddedBroker` once
+it answers Kafka metadata requests (the tests' schema registry is another).
 """
 
 from __future__ import annotations
@@ -85,19 +86,16 @@ class Launch:
     """None inherits this process's environment."""
 
 
-class EmbeddedBroker(abc.ABC):
-    """A single-node Kafka-compatible broker run as a child process on loopback.
+class LoopbackProcess(abc.ABC):
+    """A server run as a child process on a loopback port.
 
-    Use as a context manager (`with TansuBroker() as broker: broker.bootstrap_servers`)
-    or call `start()` and `stop()`. `stop()` is idempotent and also runs at
-    interpreter exit, so a forgotten broker does not outlive the program.
+    Use as a context manager or call `start()` and `stop()`. `stop()` is
+    idempotent and also runs at interpreter exit, so a forgotten server does not
+    outlive the program.
     """
 
-    kind: ClassVar[str]
-    """Short name used in messages and by the test fixture: "tansu", "apache-kafka"."""
-
     stop_signal: ClassVar[signal.Signals] = signal.SIGTERM
-    """Asks the broker for a clean shutdown; SIGKILL follows after the grace period."""
+    """Asks the server for a clean shutdown; SIGKILL follows after the grace period."""
 
     def __init__(self, start_timeout_s: float, stop_timeout_s: float) -> None:
         self._start_timeout_s = start_timeout_s
@@ -105,53 +103,58 @@ class EmbeddedBroker(abc.ABC):
         self._workdir: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
-        self._bootstrap_servers: str | None = None
+        self._port: int | None = None
+
+    @property
+    @abc.abstractmethod
+    def name(self) -> str:
+        """How messages name the server: "the tansu broker", "Apicurio Registry"."""
 
     @abc.abstractmethod
     def _prepare(self, workdir: Path) -> Launch:
-        """Write whatever the broker needs into `workdir` and say how to launch it.
+        """Write whatever the server needs into `workdir` and say how to launch it.
 
-        Runs before the broker process starts; a failure here should raise
+        Runs before the server process starts; a failure here should raise
         `BrokerError` (the log file at `self.log_path` is already open for
         helper commands to write to).
         """
 
-    @property
-    def bootstrap_servers(self) -> str:
-        """`host:port` for clients' `bootstrap.servers`; only while the broker runs."""
-        if self._bootstrap_servers is None:
-            raise BrokerError(f"the {self.kind} broker is not running")
-        return self._bootstrap_servers
+    @abc.abstractmethod
+    def _wait_until_ready(self, port: int) -> None:
+        """Block until the server, started on `port`, serves; `BrokerError` where it exits
+        first (`_check_alive`) or takes longer than the start timeout (`_check_deadline`)."""
 
     @property
-    def client_properties(self) -> dict[str, str]:
-        """What a client needs besides `bootstrap.servers` (a login, where one is required)."""
-        return {}
+    def port(self) -> int:
+        """The loopback port it serves on; only while it runs."""
+        if self._port is None:
+            raise BrokerError(f"{self.name} is not running")
+        return self._port
 
     @property
     def log_path(self) -> Path:
-        """The broker's log file; it is deleted with the broker's directory on `stop()`."""
+        """The server's log file; it is deleted with the server's directory on `stop()`."""
         if self._workdir is None:
-            raise BrokerError(f"the {self.kind} broker has no directory: it is not running")
+            raise BrokerError(f"{self.name} has no directory: it is not running")
         return self._workdir / LOG_FILE_NAME
 
     @property
     def running(self) -> bool:
-        """Whether the broker process is alive."""
+        """Whether the server process is alive."""
         return self._process is not None and self._process.poll() is None
 
     def start(self) -> Self:
-        """Start the broker and return once it answers metadata requests.
+        """Start the server and return once it is ready.
 
-        Raises `BrokerError` (with the tail of the broker's log) when it exits
-        or does not answer within the start timeout; nothing is left behind.
+        Raises `BrokerError` (with the tail of the server's log) when it exits
+        or is not ready within the start timeout; nothing is left behind.
         """
         if self._workdir is not None:
-            raise BrokerError(f"the {self.kind} broker is already started")
-        self._workdir = Path(tempfile.mkdtemp(prefix=f"zsc-{self.kind}-"))
+            raise BrokerError(f"{self.name} is already started")
+        self._workdir = Path(tempfile.mkdtemp(prefix=f"zsc-{type(self).__name__.lower()}-"))
         atexit.register(self.stop)
         try:
-            self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the broker
+            self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the server
             launch = self._prepare(self._workdir)
             try:
                 self._process = subprocess.Popen(
@@ -163,20 +166,22 @@ class EmbeddedBroker(abc.ABC):
                     env=None if launch.env is None else dict(launch.env),
                 )
             except OSError as exc:
-                raise BrokerError(f"cannot run the {self.kind} broker: {exc}") from None
+                raise BrokerError(f"cannot run {self.name}: {exc}") from None
             self._wait_until_ready(launch.port)
         except BaseException:
             self.stop()
             raise
-        self._bootstrap_servers = f"{LOOPBACK}:{launch.port}"
+        self._port = launch.port
         return self
 
     def stop(self) -> None:
-        """Stop the broker (`stop_signal`, SIGKILL after the grace period); delete its files."""
+        """Stop the server (`stop_signal`, SIGKILL after the grace period); delete its files."""
         atexit.unregister(self.stop)
         process, self._process = self._process, None
-        self._bootstrap_servers = None
+        self._port = None
         if process is not None and process.poll() is None:
+            # A stopped (SIGSTOP) process would act on no signal but SIGKILL.
+            process.send_signal(signal.SIGCONT)
             process.send_signal(self.stop_signal)
             try:
                 process.wait(self._stop_timeout_s)
@@ -225,9 +230,50 @@ class EmbeddedBroker(abc.ABC):
 
     def _step_error(self, what: str, reason: str) -> BrokerError:
         return BrokerError(
-            f"{what} failed for the {self.kind} broker ({reason}); "
+            f"{what} failed for {self.name} ({reason}); "
             f"last lines of its log:\n{log_tail(self.log_path)}"
         )
+
+    def _check_alive(self) -> None:
+        assert self._process is not None
+        code = self._process.poll()
+        if code is not None:
+            raise BrokerError(
+                f"{self.name} exited with code {code} during start-up; "
+                f"last lines of its log:\n{log_tail(self.log_path)}"
+            )
+
+    def _check_deadline(self, deadline: float, port: int) -> None:
+        if time.monotonic() >= deadline:
+            raise BrokerError(
+                f"{self.name} did not answer on {LOOPBACK}:{port} within "
+                f"{self._start_timeout_s:.0f} s; last lines of its log:\n{log_tail(self.log_path)}"
+            )
+
+
+class EmbeddedBroker(LoopbackProcess):
+    """A single-node Kafka-compatible broker run as a child process on loopback.
+
+    Use as a context manager (`with TansuBroker() as broker: broker.bootstrap_servers`)
+    or call `start()` and `stop()` (see `LoopbackProcess`).
+    """
+
+    kind: ClassVar[str]
+    """Short name used in messages and by the test fixture: "tansu", "apache-kafka"."""
+
+    @property
+    def name(self) -> str:
+        return f"the {self.kind} broker"
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """`host:port` for clients' `bootstrap.servers`; only while the broker runs."""
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def client_properties(self) -> dict[str, str]:
+        """What a client needs besides `bootstrap.servers` (a login, where one is required)."""
+        return {}
 
     def _wait_until_ready(self, port: int) -> None:
         """Block until the broker lists itself in a metadata response."""
@@ -250,22 +296,6 @@ class EmbeddedBroker(abc.ABC):
             if metadata.brokers:
                 return
             time.sleep(_READY_POLL_INTERVAL_S)
-
-    def _check_alive(self) -> None:
-        assert self._process is not None
-        code = self._process.poll()
-        if code is not None:
-            raise BrokerError(
-                f"the {self.kind} broker exited with code {code} during start-up; "
-                f"last lines of its log:\n{log_tail(self.log_path)}"
-            )
-
-    def _check_deadline(self, deadline: float, port: int) -> None:
-        if time.monotonic() >= deadline:
-            raise BrokerError(
-                f"the {self.kind} broker did not answer on {LOOPBACK}:{port} within "
-                f"{self._start_timeout_s:.0f} s; last lines of its log:\n{log_tail(self.log_path)}"
-            )
 
 
 def _accepts_connections(port: int) -> bool:
