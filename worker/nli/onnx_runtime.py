@@ -41,6 +41,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import onnxruntime
@@ -275,26 +276,23 @@ def prune(root: Path, keep: str, now: float) -> None:
                 shutil.rmtree(entry)
 
 
-class OnnxForward:
-    """An ONNX Runtime session of the model, on the CPU."""
+class ExportedForward:
+    """What the runtimes of the CPU's float32 export (`export`) share: the `Forward`
+    properties of a runtime on the CPU, and the export it runs (`path`), which the
+    benchmark runs in the other runtimes too."""
+
+    runtime: ClassVar[str]
+    """How `zsc_model_info` names the runtime."""
+    precisions: ClassVar[tuple[str, ...]]
 
     def __init__(self, path: Path, input_names: frozenset[str], precision: str) -> None:
-        """`path` is the model's float32 export; int8 runs its quantized copy (`int8_model`)."""
-        if precision not in PRECISIONS:
-            raise ValueError(f"ONNX Runtime runs {' or '.join(PRECISIONS)}, not {precision!r}")
-        options = onnxruntime.SessionOptions()
-        # As many threads as torch uses: the worker's one setting of the CPU's share.
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        source = int8_model(path) if precision == INT8 else path
-        self._session = onnxruntime.InferenceSession(
-            str(source), options, providers=["CPUExecutionProvider"]
-        )
+        if precision not in self.precisions:
+            raise ValueError(
+                f"{self.runtime} runs {' or '.join(self.precisions)}, not {precision!r}"
+            )
+        self.path = path
         self._input_names = input_names
         self._precision = precision
-        # The export it was made from: the benchmark runs it in other runtimes too.
-        self.path = path
 
     @property
     def device(self) -> torch.device:
@@ -305,12 +303,28 @@ class OnnxForward:
         return self._precision
 
     @property
-    def runtime(self) -> str:
-        return "onnxruntime"
-
-    @property
     def input_names(self) -> frozenset[str]:
         return self._input_names
+
+
+class OnnxForward(ExportedForward):
+    """An ONNX Runtime session of the model, on the CPU."""
+
+    runtime = "onnxruntime"
+    precisions = PRECISIONS
+
+    def __init__(self, path: Path, input_names: frozenset[str], precision: str) -> None:
+        """`path` is the model's float32 export; int8 runs its quantized copy (`int8_model`)."""
+        super().__init__(path, input_names, precision)
+        options = onnxruntime.SessionOptions()
+        # As many threads as torch uses: the worker's one setting of the CPU's share.
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        source = int8_model(path) if precision == INT8 else path
+        self._session = onnxruntime.InferenceSession(
+            str(source), options, providers=["CPUExecutionProvider"]
+        )
 
     def __call__(self, arrays: Arrays) -> torch.Tensor:
         try:

@@ -45,7 +45,7 @@ import torch
 from openvino import opset13
 
 from worker.nli.forward import Arrays
-from worker.nli.onnx_runtime import INT8, LOGITS, written_once
+from worker.nli.onnx_runtime import INT8, LOGITS, ExportedForward, written_once
 
 BFLOAT16 = "bfloat16"
 PRECISIONS = (BFLOAT16, INT8)
@@ -64,9 +64,12 @@ INT8_MAX = 127
 GROUP_SIZE_KEY = ["runtime_options", "DYNAMIC_QUANTIZATION_GROUP_SIZE"]
 
 
-class OpenVinoForward:
+class OpenVinoForward(ExportedForward):
     """An OpenVINO compiled model on the CPU, computing in bfloat16, or in int8 (see the
     module's docstring)."""
+
+    runtime = "openvino"
+    precisions = PRECISIONS
 
     def __init__(
         self,
@@ -78,8 +81,7 @@ class OpenVinoForward:
         """`path` is the model's float32 ONNX export. `profile` keeps OpenVINO's
         per-operator times of every pass (`op_seconds`), for the benchmark; the worker
         runs without."""
-        if precision not in PRECISIONS:
-            raise ValueError(f"OpenVINO runs {' or '.join(PRECISIONS)}, not {precision!r}")
+        super().__init__(path, input_names, precision)
         core = openvino.Core()
         has_bf16 = BF16_CAPABILITY in core.get_property(CPU, "OPTIMIZATION_CAPABILITIES")
         if precision == BFLOAT16 and not has_bf16:
@@ -108,28 +110,8 @@ class OpenVinoForward:
             raise RuntimeError(f"OpenVINO chose {chosen} instead of bfloat16 on this CPU")
         self._request = compiled.create_infer_request()
         self._logits = compiled.output(LOGITS)
-        self._input_names = input_names
-        self._precision = precision
-        # The export it was compiled from: the benchmark compiles it again to profile it.
-        self.path = path
         self._profile = profile
         self.op_seconds: Counter[str] = Counter()
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")
-
-    @property
-    def precision(self) -> str:
-        return self._precision
-
-    @property
-    def runtime(self) -> str:
-        return "openvino"
-
-    @property
-    def input_names(self) -> frozenset[str]:
-        return self._input_names
 
     def __call__(self, arrays: Arrays) -> torch.Tensor:
         # The request reuses its output buffer at the next pass: the logits are copied out.
