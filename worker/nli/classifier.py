@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -57,9 +58,15 @@ from worker.nli.relative import window_relative_attention
 log = logging.getLogger(__name__)
 
 CPU = torch.device("cpu")
-# A runtime of the CPU's float32 export: its name, how it starts on the export
-# (path, input names, precision), and the precision it runs.
-CpuRuntime = tuple[str, Callable[[Path, frozenset[str], str], Forward], str]
+
+
+class CpuRuntime(NamedTuple):
+    """A runtime of the CPU's float32 export, in the precision it runs it."""
+
+    name: str
+    start: Callable[[Path, frozenset[str], str], Forward]
+    """How it starts on the export: (path, input names, precision)."""
+    precision: str
 
 
 class NLIClassifier:
@@ -335,13 +342,14 @@ def _exported(
 
 def _cpu_runtimes(dtype: torch.dtype, int8: bool) -> list[CpuRuntime]:
     """The runtimes that may run `dtype` (or int8) from the float32 export, the first
-    choice first: (name, runtime, precision)."""
-    onnx_int8 = ("ONNX Runtime", OnnxForward, INT8)
+    choice first."""
+    onnx_int8 = CpuRuntime("ONNX Runtime", OnnxForward, INT8)
     if int8:
-        return [("OpenVINO", OpenVinoForward, INT8), onnx_int8] if cpu_int8_flags() else [onnx_int8]
+        openvino_int8 = CpuRuntime("OpenVINO", OpenVinoForward, INT8)
+        return [openvino_int8, onnx_int8] if cpu_int8_flags() else [onnx_int8]
     if dtype == torch.bfloat16:
-        return [("OpenVINO", OpenVinoForward, BFLOAT16)]
-    return [("ONNX Runtime", OnnxForward, FLOAT32)]
+        return [CpuRuntime("OpenVINO", OpenVinoForward, BFLOAT16)]
+    return [CpuRuntime("ONNX Runtime", OnnxForward, FLOAT32)]
 
 
 def _started(
@@ -349,25 +357,24 @@ def _started(
 ) -> Forward:
     """The first of `runtimes` that runs the export at `path`; where one cannot, the next
     one does, and the last one's failure raises (a `ModelError` naming it)."""
-    for runtime, (fallback, _, _) in itertools.pairwise(runtimes):
+    for runtime, fallback in itertools.pairwise(runtimes):
         try:
             return _start(name, path, input_names, runtime)
         except ModelError as error:
-            log.warning("%s; %s runs in %s instead", error, runtime[2], fallback)
+            log.warning("%s; %s runs in %s instead", error, runtime.precision, fallback.name)
     return _start(name, path, input_names, runtimes[-1])
 
 
 def _start(name: str, path: Path, input_names: frozenset[str], runtime: CpuRuntime) -> Forward:
     """`runtime` running the export at `path`; a `ModelError` where it cannot."""
-    runtime_name, start, precision = runtime
     started = time.perf_counter()
-    with runtime_errors(f"cannot run model {name!r} in {runtime_name} ({precision})"):
-        forward = start(path, input_names, precision)
+    with runtime_errors(f"cannot run model {name!r} in {runtime.name} ({runtime.precision})"):
+        forward = runtime.start(path, input_names, runtime.precision)
     log.info(
         "%s in %s (%s) ready in %.1f s",
         name,
-        runtime_name,
-        precision,
+        runtime.name,
+        runtime.precision,
         time.perf_counter() - started,
     )
     return forward
