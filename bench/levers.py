@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import cast
 
 import torch
@@ -301,7 +302,14 @@ def main(argv: list[str] | None = None) -> int:
     """Measure every lever and print a markdown table."""
     parser = argparse.ArgumentParser(prog="python -m bench.levers", description=__doc__)
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_TEXTS} texts, 1 round")
-    parser.add_argument("--texts", type=int, default=LEVER_TEXTS, help="a stride sample of the 32")
+    parser.add_argument(
+        "--texts", type=int, default=LEVER_TEXTS, help="a stride sample of the 32 (or of --file's)"
+    )
+    parser.add_argument(
+        "--file",
+        type=Path,
+        help="your texts instead of the fortunes, as `python -m bench --texts` reads them",
+    )
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--compile", action="store_true", help="add torch.compile(dynamic=True)")
     parser.add_argument("--model", help="model directory (default: built and cached)")
@@ -318,7 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     count, rounds = (QUICK_TEXTS, 1) if args.quick else (args.texts, args.rounds)
     model_dir = args.model or str(workload.ensure_model(workload.default_model_dir("full")))
-    load = workload.fortune_workload(sample=count)
+    load = (
+        workload.file_workload(args.file, sample=count)
+        if args.file
+        else workload.fortune_workload(sample=count)
+    )
 
     dtype = resolve_dtype(args.dtype, CPU)
     found = variants(model_dir, dtype, args.compile)
@@ -344,7 +356,10 @@ def main(argv: list[str] | None = None) -> int:
         f"## Levers: {len(load.texts)} texts x {len(load.labels)} labels, "
         f"{str(dtype).removeprefix('torch.')}, median of {rounds} round(s)",
         "",
-        f"`python -m bench.levers{' --quick' if args.quick else ''} --dtype {args.dtype}`",
+        f"`python -m bench.levers{' --quick' if args.quick else ''} --dtype {args.dtype}"
+        f"{f' --file {args.file}' if args.file else ''}`",
+        "",
+        f"- texts: {load.source}",
         "",
         *(f"- {key}: {value}" for key, value in describe(CPU).items()),
         "",
