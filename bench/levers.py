@@ -392,7 +392,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             running = cast(OpenVinoForward, variant.classifier._forward_pass)
             forward = OpenVinoForward(
-                running.path, running.input_names, running.precision, profile=True
+                running.path,
+                running.input_names,
+                running.precision,
+                profile=True,
+                calibration=running.calibration,
             )
             profiled = NLIClassifier(model_dir, tokenizer, config, forward)
             lines += [

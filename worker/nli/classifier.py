@@ -9,6 +9,7 @@ logits as soon as they are all there; `classify` waits for every event.
 
 from __future__ import annotations
 
+import functools
 import gc
 import itertools
 import logging
@@ -23,6 +24,7 @@ import torch
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from worker.errors import ConfigError, InferenceError, ModelError
+from worker.nli import int8_calibration
 from worker.nli.base import EncodedEvent, Scores, Task, in_order
 from worker.nli.budget import (
     default_max_batch_tokens,
@@ -34,10 +36,12 @@ from worker.nli.forward import (
     ATTENTION_MASK,
     INPUT_IDS,
     TOKEN_TYPE_IDS,
+    Arrays,
     Forward,
     TorchForward,
     model_inputs,
 )
+from worker.nli.int8_calibration import RecordingForward
 from worker.nli.labels import LabelIds, resolve_label_ids
 from worker.nli.loading import load_model, resolve_device, resolve_dtype
 from worker.nli.onnx_runtime import (
@@ -330,7 +334,11 @@ def _exported(
             # or a start-up would hold both.
             del model
             gc.collect()
-            forward = _started(name, path, input_names, _cpu_runtimes(dtype, int8))
+            calibration = functools.partial(
+                _calibration_batches, name, tokenizer, config, input_names, max_batch_tokens
+            )
+            runtimes = _cpu_runtimes(dtype, int8, calibration)
+            forward = _started(name, path, input_names, runtimes)
     except ModelError as error:
         if int8:
             raise ModelError(f"dtype {INT8!r} is not available: {error}") from None
@@ -340,16 +348,38 @@ def _exported(
     return NLIClassifier(name, tokenizer, config, forward, max_batch_tokens)
 
 
-def _cpu_runtimes(dtype: torch.dtype, int8: bool) -> list[CpuRuntime]:
-    """The runtimes that may run `dtype` (or int8) from the float32 export, the first
-    choice first."""
+def _cpu_runtimes(
+    dtype: torch.dtype, int8: bool, calibration: Callable[[], list[Arrays]]
+) -> list[CpuRuntime]:
+    """The runtimes that may run `dtype` (or int8, OpenVINO's calibrated on the batches
+    `calibration` makes) from the float32 export, the first choice first."""
     onnx_int8 = CpuRuntime("ONNX Runtime", OnnxForward, INT8)
     if int8:
-        openvino_int8 = CpuRuntime("OpenVINO", OpenVinoForward, INT8)
+
+        def calibrated(path: Path, input_names: frozenset[str], precision: str) -> Forward:
+            return OpenVinoForward(path, input_names, precision, calibration=calibration())
+
+        openvino_int8 = CpuRuntime("OpenVINO", calibrated, INT8)
         return [openvino_int8, onnx_int8] if cpu_int8_flags() else [onnx_int8]
     if dtype == torch.bfloat16:
         return [CpuRuntime("OpenVINO", OpenVinoForward, BFLOAT16)]
     return [CpuRuntime("ONNX Runtime", OnnxForward, FLOAT32)]
+
+
+def _calibration_batches(
+    name: str,
+    tokenizer: PreTrainedTokenizerBase,
+    config: PretrainedConfig,
+    input_names: frozenset[str],
+    max_batch_tokens: int | None,
+) -> list[Arrays]:
+    """The forward batches static int8 is calibrated on (see worker.nli.int8_calibration),
+    cut as this model's classifier cuts them."""
+    recording = RecordingForward(input_names, len(config.id2label or {}))
+    classifier = NLIClassifier(name, tokenizer, config, recording, max_batch_tokens)
+    task = int8_calibration.TASK
+    classifier.classify([classifier.encode(text, task) for text in int8_calibration.texts()])
+    return recording.batches
 
 
 def _started(

@@ -20,32 +20,43 @@ OpenVINO version: the first start-up compiles it (seconds for
 distilbart-mnli-12-3), later ones read it back without the export.
 
 int8 (the opt-in) runs here too where the CPU has an int8 dot product (VNNI or
-AMX): the export's product weights are rounded to int8 once, per output
-channel (kept beside the export as OpenVINO's own model, INT8_DIR), and
-OpenVINO quantizes each product's input as it runs ("dynamic quantization"),
-per token in groups of the model's width, so that the products run on int8
-instructions while attention, layer norms and activations stay in bfloat16
-(float32 where the CPU has no bfloat16 multiply). On a 2-core AMD EPYC (Zen 4,
-AVX512-VNNI), OpenVINO's default groups of 32 ran well behind groups of the
-model's width. ONNX Runtime's int8 (worker.nli.onnx_runtime: weights per
-tensor, attention in float32) stays the int8 of CPUs without an int8 dot
-product, OpenVINO's having been measured only on CPUs with one, and of models
-OpenVINO cannot run.
+AMX), quantized statically: NNCF (OpenVINO's quantizer) measures the ranges the
+float32 model's activations take on calibration batches
+(worker.nli.int8_calibration) and rounds each product of weights to int8, its
+weights per output channel and its input with a scale fixed from those ranges;
+attention's products, softmax, layer norms and activations stay in bfloat16
+(float32 where the CPU has no bfloat16 multiply). The quantized model is kept
+beside the export (INT8_DIR and the calibration's digest), made once, in a
+minute or two for distilbart-mnli-12-3 on two cores. On a 2-core AMD EPYC
+(Zen 4, AVX512-VNNI) its passes ran faster than those of OpenVINO's dynamic
+quantization (each product quantizing its input as it runs, per token: this
+worker's int8 before), and on trained proxies its scores stayed about as near
+float32's (README, Slow on a CPU). ONNX Runtime's int8 (worker.nli.onnx_runtime:
+weights per tensor, inputs quantized as it runs, attention in float32) stays
+the int8 of CPUs without an int8 dot product, OpenVINO's having been measured
+only on CPUs with one, and of models OpenVINO or NNCF cannot run.
 """
 
 from __future__ import annotations
 
-import math
+import contextlib
+import importlib.metadata
+import logging
+import os
+import time
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import openvino
 import torch
-from openvino import opset13
 
+from worker.nli import int8_calibration
 from worker.nli.forward import Arrays
 from worker.nli.onnx_runtime import INT8, LOGITS, ExportedForward, written_once
+
+log = logging.getLogger(__name__)
 
 BFLOAT16 = "bfloat16"
 PRECISIONS = (BFLOAT16, INT8)
@@ -54,14 +65,14 @@ CPU = "CPU"
 # multiplies bfloat16 in hardware (AVX512-BF16 or AMX).
 BF16_CAPABILITY = "BF16"
 COMPILED_DIR = "openvino"
-# The model with int8 product weights, beside the export; the suffix names the
-# recipe (int8 per output channel, symmetric): a new recipe makes a new one.
-INT8_DIR = "openvino-int8-v1"
+# The int8 model, beside the export, in a directory named by this and the digest of
+# its calibration and NNCF's version; the suffix names the recipe (static, NNCF's
+# transformer preset): a new recipe makes a new one.
+INT8_DIR = "openvino-int8-static-v1"
 INT8_MODEL = "model.xml"
-INT8_MAX = 127
-# Where OpenVINO reads the dynamic quantization's group size from a model's own
-# runtime information, so that a compiled model read back from the cache has it too.
-GROUP_SIZE_KEY = ["runtime_options", "DYNAMIC_QUANTIZATION_GROUP_SIZE"]
+NNCF = "nncf"
+# NNCF's SmoothQuant strength that turns it off.
+NO_SMOOTH_QUANT = -1
 
 
 class OpenVinoForward(ExportedForward):
@@ -77,11 +88,15 @@ class OpenVinoForward(ExportedForward):
         input_names: frozenset[str],
         precision: str = BFLOAT16,
         profile: bool = False,
+        calibration: Sequence[Arrays] = (),
     ) -> None:
-        """`path` is the model's float32 ONNX export. `profile` keeps OpenVINO's
-        per-operator times of every pass (`op_seconds`), for the benchmark; the worker
-        runs without."""
+        """`path` is the model's float32 ONNX export; int8 is calibrated on the forward
+        batches `calibration` (see `int8_model`). `profile` keeps OpenVINO's per-operator
+        times of every pass (`op_seconds`), for the benchmark; the worker runs without."""
         super().__init__(path, input_names, precision)
+        if precision == INT8 and not calibration:
+            raise ValueError("int8 needs calibration batches")
+        self.calibration = calibration
         core = openvino.Core()
         has_bf16 = BF16_CAPABILITY in core.get_property(CPU, "OPTIMIZATION_CAPABILITIES")
         if precision == BFLOAT16 and not has_bf16:
@@ -103,7 +118,7 @@ class OpenVinoForward(ExportedForward):
             # The compiled model is kept beside the export it comes from: a restart
             # reads it back instead of reading and compiling the export.
             config["CACHE_DIR"] = str(path.parent / COMPILED_DIR)
-        source = int8_model(core, path) if precision == INT8 else path
+        source = int8_model(core, path, calibration) if precision == INT8 else path
         compiled = core.compile_model(source, CPU, config)
         chosen = compiled.get_property("INFERENCE_PRECISION_HINT")
         if precision == BFLOAT16 and chosen != openvino.Type.bf16:
@@ -122,42 +137,62 @@ class OpenVinoForward(ExportedForward):
         return torch.from_numpy(np.array(logits, dtype=np.float32))
 
 
-def int8_model(core: openvino.Core, export: Path) -> Path:
-    """The export with its product weights in int8 (INT8_DIR beside it), made first unless
-    another start-up did."""
-    target = export.parent / INT8_DIR
+def int8_model(core: openvino.Core, export: Path, calibration: Sequence[Arrays]) -> Path:
+    """The export quantized statically to int8 on the forward batches `calibration`
+    (INT8_DIR and their digest, beside it), made first unless another start-up did."""
+    key = int8_calibration.digest(calibration, importlib.metadata.version(NNCF))
+    target = export.parent / f"{INT8_DIR}-{key}"
     if (target / INT8_MODEL).is_file():
         return target / INT8_MODEL
+    log.info(
+        "quantizing %s to int8 on %d calibration batches (once per model and calibration)",
+        export.parent.name,
+        len(calibration),
+    )
+    started = time.perf_counter()
+    # Imported here: only a start-up that quantizes needs it, and it takes seconds.
+    import nncf
+    from nncf import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+
     model = core.read_model(export)
-    widths = [_weights_to_int8(product) for product in model.get_ordered_ops()]
-    if not any(widths):
-        raise RuntimeError("the model has no matrix product with constant weights to round")
-    # Groups as wide as every product's inner dimension allows (the model's width):
-    # one scale per token for most products; narrower groups ran slower.
-    model.set_rt_info(str(math.gcd(*widths)), GROUP_SIZE_KEY)
+    with _nncf_quiet():
+        quantized = nncf.quantize(
+            model,
+            nncf.Dataset(list(calibration)),
+            model_type=nncf.ModelType.TRANSFORMER,
+            subset_size=len(calibration),
+            ignored_scope=nncf.IgnoredScope(names=_activation_products(model)),
+            # No SmoothQuant (which the transformer preset applies): moving the
+            # activations' outliers into the weights moved trained proxies' scores
+            # several times further from float32's (see the README, Slow on a CPU).
+            advanced_parameters=AdvancedQuantizationParameters(
+                smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=NO_SMOOTH_QUANT)
+            ),
+        )
     with written_once(target) as staging:
-        openvino.save_model(model, staging / INT8_MODEL, compress_to_fp16=False)
+        openvino.save_model(quantized, staging / INT8_MODEL, compress_to_fp16=False)
+    log.info("quantized to int8 in %.0f s", time.perf_counter() - started)
     return target / INT8_MODEL
 
 
-def _weights_to_int8(node: openvino.Node) -> int:
-    """Round the constant weights of matrix product `node` to int8, per output channel,
-    in place; their inner dimension, or 0 where `node` is no such product."""
-    if node.get_type_name() != "MatMul":
-        return 0
-    weights = node.input_value(1).get_node()
-    if weights.get_type_name() != "Constant" or len(weights.get_output_shape(0)) != 2:
-        return 0
-    values = weights.get_data().astype(np.float32)
-    # (inner, outputs), or (outputs, inner) where the product transposes them.
-    inner = 1 if node.get_attributes()["transpose_b"] else 0
-    scales = np.abs(values).max(axis=inner, keepdims=True) / INT8_MAX
-    scales = np.maximum(scales, np.finfo(np.float32).tiny)
-    rounded = np.clip(np.rint(values / scales), -INT8_MAX, INT8_MAX).astype(np.int8)
-    # The pattern OpenVINO's CPU plugin runs as a product on compressed weights.
-    restored = opset13.multiply(
-        opset13.convert(opset13.constant(rounded), openvino.Type.f32),
-        opset13.constant(scales),
-    )
-    node.input(1).replace_source_output(restored.output(0))
-    return int(values.shape[inner])
+def _activation_products(model: openvino.Model) -> list[str]:
+    """The matrix products of two activations (attention's), which stay in bfloat16 as
+    softmax does: NNCF's transformer preset leaves BART's alone, not all of DeBERTa's."""
+    return [
+        node.get_friendly_name()
+        for node in model.get_ordered_ops()
+        if node.get_type_name() == "MatMul"
+        and node.input_value(1).get_node().get_type_name() != "Constant"
+    ]
+
+
+@contextlib.contextmanager
+def _nncf_quiet() -> Iterator[None]:
+    """NNCF writes its log and progress bars to stdout, where `zsc-worker classify` prints
+    its results: its warnings go to the worker's log instead, the rest nowhere."""
+    nncf_log = logging.getLogger(NNCF)
+    nncf_log.handlers.clear()
+    nncf_log.propagate = True
+    nncf_log.setLevel(logging.WARNING)
+    with open(os.devnull, "w") as nowhere, contextlib.redirect_stdout(nowhere):
+        yield
