@@ -155,7 +155,7 @@ def int8_model(core: openvino.Core, export: Path, calibration: Sequence[Arrays])
     from nncf import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
     model = core.read_model(export)
-    with _nncf_quiet():
+    with _nncf_quiet(), _nncf_errors():
         quantized = nncf.quantize(
             model,
             nncf.Dataset(list(calibration)),
@@ -184,6 +184,16 @@ def _activation_products(model: openvino.Model) -> list[str]:
         if node.get_type_name() == "MatMul"
         and node.input_value(1).get_node().get_type_name() != "Constant"
     ]
+
+
+@contextlib.contextmanager
+def _nncf_errors() -> Iterator[None]:
+    """NNCF's own errors (a model it does not support, say) derive from Exception alone:
+    they are raised as the RuntimeError a runtime that cannot run a model raises."""
+    try:
+        yield
+    except Exception as error:
+        raise RuntimeError(f"NNCF cannot quantize it: {type(error).__name__}: {error}") from error
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ import logging
 import re
 from pathlib import Path
 
+import nncf
 import numpy as np
 import openvino
 import pytest
@@ -223,6 +224,25 @@ def test_where_openvino_cannot_run_int8_it_runs_in_onnx_runtime(
     assert "OpenVINO (int8): RuntimeError: an operator ONNX has no symbol for" in warning
     assert warning.endswith("int8 runs in ONNX Runtime instead")
     assert_int8_scores_like_float32(int8, str(tiny_bart_dir))
+
+
+@pytest.mark.usefixtures("int8_dot_product")
+def test_where_nncf_cannot_quantize_the_model_int8_runs_in_onnx_runtime(
+    tiny_bart_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def unsupported(*_args: object, **_kwargs: object) -> None:
+        raise nncf.errors.UnsupportedModelError("no quantizer for this model")
+
+    monkeypatch.setattr(nncf, "quantize", unsupported)
+    with caplog.at_level(logging.WARNING):
+        int8 = load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")
+    assert isinstance(int8._forward_pass, OnnxForward)
+    [warning] = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+    assert (
+        "OpenVINO (int8): RuntimeError: NNCF cannot quantize it: "
+        "UnsupportedModelError: no quantizer for this model"
+    ) in warning
+    assert warning.endswith("int8 runs in ONNX Runtime instead")
 
 
 @pytest.mark.usefixtures("int8_dot_product")
