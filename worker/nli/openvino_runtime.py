@@ -22,9 +22,10 @@ distilbart-mnli-12-3), later ones read it back without the export.
 int8 (the opt-in) runs here too where the CPU has an int8 dot product (VNNI or
 AMX), quantized statically: NNCF (OpenVINO's quantizer) measures the ranges the
 float32 model's activations take on calibration batches
-(worker.nli.int8_calibration) and rounds each product of weights to int8, its
-weights per output channel and its input with a scale fixed from those ranges;
-attention's products, softmax, layer norms and activations stay in bfloat16
+(worker.nli.int8_calibration) and rounds the products' weights to int8 (per
+output channel) and their inputs with scales fixed from those ranges (its
+preset leaves a few inputs, attention's output projections' among them, as they
+are); attention's products, softmax, layer norms and activations stay in bfloat16
 (float32 where the CPU has no bfloat16 multiply). The quantized model is kept
 beside the export (INT8_DIR and the calibration's digest), made once, in a
 minute or two for distilbart-mnli-12-3 on two cores. On a 2-core AMD EPYC
@@ -67,7 +68,7 @@ BF16_CAPABILITY = "BF16"
 COMPILED_DIR = "openvino"
 # The int8 model, beside the export, in a directory named by this and the digest of
 # its calibration and NNCF's version; the suffix names the recipe (static, NNCF's
-# transformer preset): a new recipe makes a new one.
+# transformer preset without SmoothQuant): a new recipe makes a new one.
 INT8_DIR = "openvino-int8-static-v1"
 INT8_MODEL = "model.xml"
 NNCF = "nncf"
