@@ -54,6 +54,7 @@ DUPLICATED_TEXTS = 4
 OPENVINO_PROFILE_ROWS = 8
 FULLY_CONNECTED = "FullyConnected"
 INT8_OPT_IN = "int8 (opt-in)"
+UNFUSED = "openvino without its generated kernels (attention unfused)"
 # What the profile breakdown (--profile) counts each operator as, by name; the
 # first match wins, and the rest is "other".
 OPERATOR_GROUPS = (
@@ -139,12 +140,29 @@ def variants(model_dir: str, dtype: torch.dtype, with_compile: bool) -> list[Var
         """The worker's classifier, its forward batches cut to other bounds."""
         return NLIClassifier(model_dir, tokenizer, config, default._forward_pass, **options)
 
+    def unfused(forward: OpenVinoForward) -> NLIClassifier:
+        """The worker's classifier on `forward`'s model, compiled without OpenVINO's
+        generated kernels."""
+        again = OpenVinoForward(
+            forward.path,
+            forward.input_names,
+            forward.precision,
+            calibration=forward.calibration,
+            fused_kernels=False,
+        )
+        return NLIClassifier(model_dir, tokenizer, config, again)
+
     in_torch = default if runtime == "torch" else classifier(loaded())
     found = [
         Variant(
             f"default: {runtime}, budget {CPU_MAX_BATCH_TOKENS}, padding guard from "
             f"{CPU_MIN_BATCH_TOKENS}, last layer on the pooled row",
             default,
+        ),
+        *(
+            [Variant(UNFUSED, unfused(default._forward_pass))]
+            if isinstance(default._forward_pass, OpenVinoForward)
+            else []
         ),
         # A guard that starts at the budget never fires: the greedy fill of before.
         Variant("greedy fill, no padding guard", budgeted(min_batch_tokens=CPU_MAX_BATCH_TOKENS)),
@@ -169,6 +187,7 @@ def variants(model_dir: str, dtype: torch.dtype, with_compile: bool) -> list[Var
     int8 = load_classifier(model_dir, "cpu", "int8")
     found.append(Variant(f"{INT8_OPT_IN}: {int8.info['runtime']}", int8))
     if isinstance(exported := int8._forward_pass, OpenVinoForward):
+        found.append(Variant(f"{INT8_OPT_IN}: {UNFUSED}", unfused(exported)))
         # The same export in ONNX Runtime's int8.
         onnx_int8 = OnnxForward(exported.path, exported.input_names, INT8)
         found.append(

@@ -15,9 +15,10 @@ pipeline by construction and beats it on batching and the pooled last layer.
 It reads the same float32 export as ONNX Runtime (worker.nli.onnx_runtime,
 cached there) and computes in bfloat16 where the CPU multiplies it in
 hardware, as OpenVINO's "INFERENCE_PRECISION_HINT" lowers the float32 graph.
-The compiled model is kept beside the export (COMPILED_DIR), once per
-OpenVINO version: the first start-up compiles it (seconds for
-distilbart-mnli-12-3), later ones read it back without the export.
+The compiled model is kept beside the export (FUSED_DIR, or UNFUSED_DIR where
+OpenVINO compiles it without its generated kernels), once per OpenVINO version:
+the first start-up compiles it (seconds for distilbart-mnli-12-3), later ones
+read it back without the export.
 
 int8 (the opt-in) runs here too where the CPU has an int8 dot product (VNNI or
 AMX), quantized statically: NNCF (OpenVINO's quantizer) measures the ranges the
@@ -65,7 +66,12 @@ CPU = "CPU"
 # What OpenVINO's CPU plugin lists among its capabilities where the CPU
 # multiplies bfloat16 in hardware (AVX512-BF16 or AMX).
 BF16_CAPABILITY = "BF16"
-COMPILED_DIR = "openvino"
+# The compiled model, beside the export, with OpenVINO's generated kernels or without
+# them (see `_compiled`): OpenVINO's cache does not tell the two apart.
+FUSED_DIR = "openvino-fused"
+UNFUSED_DIR = "openvino"
+SNIPPETS_MODE = "SNIPPETS_MODE"
+SNIPPETS_OFF = "DISABLE"
 # The int8 model, beside the export, in a directory named by this and the digest of
 # its calibration and NNCF's version; the suffix names the recipe (static, NNCF's
 # transformer preset without SmoothQuant): a new recipe makes a new one.
@@ -90,10 +96,13 @@ class OpenVinoForward(ExportedForward):
         precision: str = BFLOAT16,
         profile: bool = False,
         calibration: Sequence[Arrays] = (),
+        fused_kernels: bool = True,
     ) -> None:
         """`path` is the model's float32 ONNX export; int8 is calibrated on the forward
         batches `calibration` (see `int8_model`). `profile` keeps OpenVINO's per-operator
-        times of every pass (`op_seconds`), for the benchmark; the worker runs without."""
+        times of every pass (`op_seconds`), for the benchmark; the worker runs without.
+        `fused_kernels=False` compiles without OpenVINO's generated kernels (see
+        `_compiled`), for the benchmark's levers."""
         super().__init__(path, input_names, precision)
         if precision == INT8 and not calibration:
             raise ValueError("int8 needs calibration batches")
@@ -108,19 +117,13 @@ class OpenVinoForward(ExportedForward):
             "INFERENCE_NUM_THREADS": torch.get_num_threads(),
             # One pass at a time, on every thread: the classifier runs them in turn.
             "PERFORMANCE_HINT": "LATENCY",
-            # OpenVINO's generated kernels for fused element-wise chains fail to
-            # compile DeBERTa's attention ("not enough registers"); BART's passes
-            # ran as fast without them.
-            "SNIPPETS_MODE": "DISABLE",
         }
         if profile:
             config["PERF_COUNT"] = True
-        else:
-            # The compiled model is kept beside the export it comes from: a restart
-            # reads it back instead of reading and compiling the export.
-            config["CACHE_DIR"] = str(path.parent / COMPILED_DIR)
         source = int8_model(core, path, calibration) if precision == INT8 else path
-        compiled = core.compile_model(source, CPU, config)
+        # The compiled model is kept beside the export it comes from: a restart reads it
+        # back instead of reading and compiling the export.
+        compiled = _compiled(core, source, config, fused_kernels, None if profile else path.parent)
         chosen = compiled.get_property("INFERENCE_PRECISION_HINT")
         if precision == BFLOAT16 and chosen != openvino.Type.bf16:
             raise RuntimeError(f"OpenVINO chose {chosen} instead of bfloat16 on this CPU")
@@ -136,6 +139,41 @@ class OpenVinoForward(ExportedForward):
             for node in self._request.get_profiling_info():
                 self.op_seconds[node.node_type] += node.real_time.total_seconds()
         return torch.from_numpy(np.array(logits, dtype=np.float32))
+
+
+def _compiled(
+    core: openvino.Core,
+    source: Path,
+    config: dict[str, object],
+    fused_kernels: bool,
+    cache: Path | None,
+) -> openvino.CompiledModel:
+    """`source` compiled with OpenVINO's generated kernels ("snippets", which fuse each
+    attention block's products, softmax and the conversions between them into one
+    kernel: int8 passes ran a few percent faster with them), or without them where
+    `fused_kernels` is False or its code generator cannot build them for the model
+    (DeBERTa's attention: "not enough registers"). Kept in `cache` (None: nowhere),
+    in a directory of each kind."""
+
+    def compile_model(fused: bool) -> openvino.CompiledModel:
+        options = dict(config)
+        if not fused:
+            options[SNIPPETS_MODE] = SNIPPETS_OFF
+        if cache is not None:
+            options["CACHE_DIR"] = str(cache / (FUSED_DIR if fused else UNFUSED_DIR))
+        return core.compile_model(source, CPU, options)
+
+    if not fused_kernels:
+        return compile_model(fused=False)
+    try:
+        return compile_model(fused=True)
+    except RuntimeError as error:
+        log.info(
+            "OpenVINO cannot generate its fused kernels for %s (%s): compiled without them",
+            source.parent.name,
+            str(error).strip().splitlines()[-1],
+        )
+        return compile_model(fused=False)
 
 
 def int8_model(core: openvino.Core, export: Path, calibration: Sequence[Arrays]) -> Path:

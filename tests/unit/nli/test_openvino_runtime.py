@@ -111,10 +111,10 @@ def test_where_openvino_cannot_compute_bfloat16_it_runs_in_torch(
 def test_the_compiled_model_is_kept_beside_the_export(tiny_bart_dir: Path, cache: Path) -> None:
     load_classifier(str(tiny_bart_dir), device="cpu", dtype="bfloat16")
     [export] = cache.iterdir()
-    compiled = list((export / openvino_runtime.COMPILED_DIR).iterdir())
+    compiled = list((export / openvino_runtime.FUSED_DIR).iterdir())
     assert compiled
     again = load_classifier(str(tiny_bart_dir), device="cpu", dtype="bfloat16")
-    assert list((export / openvino_runtime.COMPILED_DIR).iterdir()) == compiled
+    assert list((export / openvino_runtime.FUSED_DIR).iterdir()) == compiled
     assert scores(again, fortunes(1, max_chars=200)).shape == (1, len(TASK.labels))
 
 
@@ -126,7 +126,7 @@ def test_a_profiled_forward_counts_its_operators_time_and_caches_nothing(
     export the worker's classifier runs."""
     running = load_classifier(str(tiny_bart_dir), device="cpu", dtype="bfloat16")._forward_pass
     assert isinstance(running, OpenVinoForward)
-    compiled = running.path.parent / openvino_runtime.COMPILED_DIR
+    compiled = running.path.parent / openvino_runtime.FUSED_DIR
     cached = sorted(compiled.iterdir())
     forward = OpenVinoForward(running.path, running.input_names, profile=True)
     tokenizer, model = load_model(str(tiny_bart_dir), CPU, torch.float32)
@@ -187,6 +187,70 @@ def test_int8_is_quantized_once_on_its_calibration_and_kept_beside_the_export(
     ]
     assert len(two_activations) == 2 * attention_layers(tiny_bart_dir)
     assert not static & set(two_activations)
+
+
+def fused_kernels(forward: OpenVinoForward) -> int:
+    """How many of OpenVINO's generated kernels ("snippets") the compiled model runs."""
+    runtime_model = forward._request.get_compiled_model().get_runtime_model()
+    return sum(
+        1
+        for node in runtime_model.get_ordered_ops()
+        if node.get_rt_info()["layerType"] == "Subgraph"
+    )
+
+
+@pytest.mark.usefixtures("int8_dot_product")
+def test_attention_runs_in_openvinos_fused_kernels(tiny_bart_dir: Path, cache: Path) -> None:
+    int8 = load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")._forward_pass
+    assert isinstance(int8, OpenVinoForward)
+    assert fused_kernels(int8) >= attention_layers(tiny_bart_dir)
+    # As the benchmark's levers compare it: the same model without them.
+    unfused = OpenVinoForward(
+        int8.path,
+        int8.input_names,
+        int8.precision,
+        calibration=int8.calibration,
+        fused_kernels=False,
+    )
+    assert fused_kernels(unfused) == 0
+    # Each kept apart: OpenVINO's cache would hand back the one compiled first.
+    [export] = cache.iterdir()
+    assert list((export / openvino_runtime.FUSED_DIR).iterdir())
+    assert list((export / openvino_runtime.UNFUSED_DIR).iterdir())
+
+
+@pytest.mark.usefixtures("int8_dot_product")
+def test_where_openvino_cannot_generate_its_fused_kernels_it_compiles_without_them(
+    tiny_bart_dir: Path,
+    cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    compile_model = openvino.Core.compile_model
+
+    def without_registers(
+        core: openvino.Core, model: object, *args: object, **kwargs: object
+    ) -> openvino.CompiledModel:
+        # As OpenVINO's code generator fails on DeBERTa's attention; NNCF's own
+        # compilations (of a model in memory, not a file) are left alone.
+        config = kwargs.get("config", args[1] if len(args) > 1 else {})
+        wanted = isinstance(config, dict) and config.get(openvino_runtime.SNIPPETS_MODE)
+        if isinstance(model, Path) and wanted != openvino_runtime.SNIPPETS_OFF:
+            raise RuntimeError("Can't allocate registers for a snippet: not enough registers")
+        return compile_model(core, model, *args, **kwargs)
+
+    monkeypatch.setattr(openvino.Core, "compile_model", without_registers)
+    with caplog.at_level(logging.INFO, logger=openvino_runtime.__name__):
+        int8 = load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")
+    assert isinstance(int8._forward_pass, OpenVinoForward)
+    assert fused_kernels(int8._forward_pass) == 0
+    [export] = cache.iterdir()
+    assert list((export / openvino_runtime.UNFUSED_DIR).iterdir())
+    assert not any((export / openvino_runtime.FUSED_DIR).glob("*"))
+    [without] = [r.message for r in caplog.records if "without them" in r.message]
+    assert "cannot generate its fused kernels" in without
+    assert "not enough registers" in without
+    assert_int8_scores_like_float32(int8, str(tiny_bart_dir))
 
 
 def decoder_layers(model_dir: Path) -> int:
