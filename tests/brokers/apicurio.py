@@ -46,7 +46,6 @@ MAVEN_TIMEOUT_S = 900.0
 START_TIMEOUT_S = 120.0
 """Ready in about 4 s alone; a cold JVM on two CI cores beside a broker and a model takes longer."""
 STOP_TIMEOUT_S = 30.0
-READY_POLL_INTERVAL_S = 0.1
 READY_REQUEST_TIMEOUT_S = 2.0
 
 JVM_OPTIONS: tuple[str, ...] = (
@@ -196,18 +195,18 @@ class ApicurioRegistry(LoopbackProcess):
     def _wait_until_ready(self, port: int) -> None:
         """Block until the registry answers its API."""
         deadline = time.monotonic() + self._start_timeout_s
-        while True:
-            self._check_alive()
-            with (
-                contextlib.suppress(urllib.error.URLError, OSError),
-                urllib.request.urlopen(
-                    f"{url_at(port)}/subjects", timeout=READY_REQUEST_TIMEOUT_S
-                ) as answer,
-            ):
-                if answer.status == 200:
-                    return
-            self._check_deadline(deadline, port)
-            time.sleep(READY_POLL_INTERVAL_S)
+        self._poll_until(lambda _remaining: _answers(port), port, deadline)
+
+
+def _answers(port: int) -> bool:
+    with (
+        contextlib.suppress(urllib.error.URLError, OSError),
+        urllib.request.urlopen(
+            f"{url_at(port)}/subjects", timeout=READY_REQUEST_TIMEOUT_S
+        ) as answer,
+    ):
+        return bool(answer.status == 200)
+    return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,7 +22,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -122,7 +122,7 @@ class LoopbackProcess(abc.ABC):
     @abc.abstractmethod
     def _wait_until_ready(self, port: int) -> None:
         """Block until the server, started on `port`, serves; `BrokerError` where it exits
-        first (`_check_alive`) or takes longer than the start timeout (`_check_deadline`)."""
+        first or takes longer than the start timeout (`_poll_until` checks both)."""
 
     @property
     def port(self) -> int:
@@ -234,6 +234,17 @@ class LoopbackProcess(abc.ABC):
             f"last lines of its log:\n{log_tail(self.log_path)}"
         )
 
+    def _poll_until(self, ready: Callable[[float], bool], port: int, deadline: float) -> None:
+        """Call `ready` (with the seconds left) until it answers True, a short pause
+        between calls; `BrokerError` where the server exits first or `deadline` (on
+        the monotonic clock) passes."""
+        while True:
+            self._check_alive()
+            self._check_deadline(deadline, port)
+            if ready(deadline - time.monotonic()):
+                return
+            time.sleep(_READY_POLL_INTERVAL_S)
+
     def _check_alive(self) -> None:
         assert self._process is not None
         code = self._process.poll()
@@ -280,22 +291,17 @@ class EmbeddedBroker(LoopbackProcess):
         deadline = time.monotonic() + self._start_timeout_s
         # Wait for the listening socket first: librdkafka would log every refused
         # connection of a booting broker to stderr.
-        while not _accepts_connections(port):
-            self._check_alive()
-            self._check_deadline(deadline, port)
-            time.sleep(_READY_POLL_INTERVAL_S)
+        self._poll_until(lambda _remaining: _accepts_connections(port), port, deadline)
         admin = AdminClient({**self.client_properties, "bootstrap.servers": f"{LOOPBACK}:{port}"})
-        while True:
-            self._check_alive()
-            self._check_deadline(deadline, port)
-            remaining = deadline - time.monotonic()
-            try:
-                metadata = admin.list_topics(timeout=max(0.1, min(_METADATA_TIMEOUT_S, remaining)))
-            except KafkaException:
-                continue  # not ready yet (e.g. the KRaft broker is still fenced)
-            if metadata.brokers:
-                return
-            time.sleep(_READY_POLL_INTERVAL_S)
+        self._poll_until(lambda remaining: _lists_a_broker(admin, remaining), port, deadline)
+
+
+def _lists_a_broker(admin: AdminClient, remaining_s: float) -> bool:
+    try:
+        metadata = admin.list_topics(timeout=max(0.1, min(_METADATA_TIMEOUT_S, remaining_s)))
+    except KafkaException:
+        return False  # not ready yet (e.g. the KRaft broker is still fenced)
+    return bool(metadata.brokers)
 
 
 def _accepts_connections(port: int) -> bool:
