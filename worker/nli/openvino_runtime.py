@@ -150,7 +150,8 @@ def _compiled(
 ) -> openvino.CompiledModel:
     """`source` compiled with OpenVINO's generated kernels ("snippets", which fuse each
     attention block's products, softmax and the conversions between them into one
-    kernel: int8 passes ran a few percent faster with them), or without them where
+    kernel: on a 2-core Zen 4 EPYC int8 passes ran 1.10x faster with them, bfloat16's
+    about as fast; `python -m bench.levers`), or without them where
     `fused_kernels` is False or its code generator cannot build them for the model
     (DeBERTa's attention: "not enough registers"). Kept in `cache` (None: nowhere),
     in a directory of each kind."""
