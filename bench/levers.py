@@ -143,14 +143,7 @@ def variants(model_dir: str, dtype: torch.dtype, with_compile: bool) -> list[Var
     def unfused(forward: OpenVinoForward) -> NLIClassifier:
         """The worker's classifier on `forward`'s model, compiled without OpenVINO's
         generated kernels."""
-        again = OpenVinoForward(
-            forward.path,
-            forward.input_names,
-            forward.precision,
-            calibration=forward.calibration,
-            fused_kernels=False,
-        )
-        return NLIClassifier(model_dir, tokenizer, config, again)
+        return NLIClassifier(model_dir, tokenizer, config, forward.recompiled(fused_kernels=False))
 
     in_torch = default if runtime == "torch" else classifier(loaded())
     found = [
@@ -410,13 +403,7 @@ def main(argv: list[str] | None = None) -> int:
             if variant.classifier.info["runtime"] != "openvino":
                 continue
             running = cast(OpenVinoForward, variant.classifier._forward_pass)
-            forward = OpenVinoForward(
-                running.path,
-                running.input_names,
-                running.precision,
-                profile=True,
-                calibration=running.calibration,
-            )
+            forward = running.recompiled(profile=True)
             profiled = NLIClassifier(model_dir, tokenizer, config, forward)
             lines += [
                 "",

@@ -132,6 +132,18 @@ class OpenVinoForward(ExportedForward):
         self._profile = profile
         self.op_seconds: Counter[str] = Counter()
 
+    def recompiled(self, profile: bool = False, fused_kernels: bool = True) -> OpenVinoForward:
+        """The same model (export, precision and calibration) compiled again with other
+        options: the benchmark's profile and levers."""
+        return OpenVinoForward(
+            self.path,
+            self.input_names,
+            self.precision,
+            profile=profile,
+            calibration=self.calibration,
+            fused_kernels=fused_kernels,
+        )
+
     def __call__(self, arrays: Arrays) -> torch.Tensor:
         # The request reuses its output buffer at the next pass: the logits are copied out.
         logits = self._request.infer(arrays)[self._logits]

@@ -128,7 +128,7 @@ def test_a_profiled_forward_counts_its_operators_time_and_caches_nothing(
     assert isinstance(running, OpenVinoForward)
     compiled = running.path.parent / openvino_runtime.FUSED_DIR
     cached = sorted(compiled.iterdir())
-    forward = OpenVinoForward(running.path, running.input_names, profile=True)
+    forward = running.recompiled(profile=True)
     tokenizer, model = load_model(str(tiny_bart_dir), CPU, torch.float32)
     profiled = NLIClassifier(str(tiny_bart_dir), tokenizer, model.config, forward)
     scores(profiled, fortunes(2, max_chars=200))
@@ -205,13 +205,7 @@ def test_attention_runs_in_openvinos_fused_kernels(tiny_bart_dir: Path, cache: P
     assert isinstance(int8, OpenVinoForward)
     assert fused_kernels(int8) >= attention_layers(tiny_bart_dir)
     # As the benchmark's levers compare it: the same model without them.
-    unfused = OpenVinoForward(
-        int8.path,
-        int8.input_names,
-        int8.precision,
-        calibration=int8.calibration,
-        fused_kernels=False,
-    )
+    unfused = int8.recompiled(fused_kernels=False)
     assert fused_kernels(unfused) == 0
     # Each kept apart: OpenVINO's cache would hand back the one compiled first.
     [export] = cache.iterdir()
