@@ -42,6 +42,7 @@ only on CPUs with one, and of models OpenVINO or NNCF cannot run.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.metadata
 import logging
 import os
@@ -57,6 +58,7 @@ import torch
 from worker.nli import int8_calibration
 from worker.nli.forward import Arrays
 from worker.nli.onnx_runtime import INT8, LOGITS, ExportedForward, written_once
+from worker.nli.precision import DETECTED_FLAGS, cpu_flags
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,11 @@ FUSED_DIR = "openvino-fused"
 UNFUSED_DIR = "openvino"
 SNIPPETS_MODE = "SNIPPETS_MODE"
 SNIPPETS_OFF = "DISABLE"
+# Where OpenVINO could not generate its kernels for a compilation, a directory of this
+# prefix in FUSED_DIR says so, named by what it depends on (see `_compilation_key`), its
+# reason inside: later start-ups compile without them at once.
+REFUSED_PREFIX = "refused-"
+REASON_FILE = "reason.txt"
 # The int8 model, beside the export, in a directory named by this and the digest of
 # its calibration and NNCF's version; the suffix names the recipe (static, NNCF's
 # transformer preset without SmoothQuant): a new recipe makes a new one.
@@ -166,7 +173,8 @@ def _compiled(
     about as fast; `python -m bench.levers`), or without them where
     `fused_kernels` is False or its code generator cannot build them for the model
     (DeBERTa's attention: "not enough registers"). Kept in `cache` (None: nowhere),
-    in a directory of each kind."""
+    in a directory of each kind; where it could not build them, the cache says so
+    (REFUSED_PREFIX), and later start-ups spare the try (seconds for a DeBERTa-v3-base)."""
 
     def compile_model(fused: bool) -> openvino.CompiledModel:
         options = dict(config)
@@ -178,15 +186,53 @@ def _compiled(
 
     if not fused_kernels:
         return compile_model(fused=False)
+    refused = None
+    if cache is not None:
+        refused = cache / FUSED_DIR / f"{REFUSED_PREFIX}{_compilation_key(core, source, config)}"
+        if (refused / REASON_FILE).is_file():
+            log.info(
+                "compiling %s without OpenVINO's fused kernels, which it could not generate "
+                "for it before (%s)",
+                source.parent.name,
+                (refused / REASON_FILE).read_text().strip(),
+            )
+            return compile_model(fused=False)
     try:
         return compile_model(fused=True)
     except RuntimeError as error:
-        log.info(
-            "OpenVINO cannot generate its fused kernels for %s (%s): compiled without them",
-            source.parent.name,
-            str(error).strip().splitlines()[-1],
-        )
-        return compile_model(fused=False)
+        reason = str(error).strip().splitlines()[-1]
+    log.info(
+        "OpenVINO cannot generate its fused kernels for %s (%s): compiled without them",
+        source.parent.name,
+        reason,
+    )
+    compiled = compile_model(fused=False)
+    if refused is not None:
+        # Said once the model compiles without them; a cache it cannot write only costs
+        # the next start-up the try.
+        with contextlib.suppress(OSError):
+            refused.parent.mkdir(parents=True, exist_ok=True)
+            with written_once(refused) as staging:
+                (staging / REASON_FILE).write_text(reason + "\n")
+    return compiled
+
+
+def _compilation_key(core: openvino.Core, source: Path, config: dict[str, object]) -> str:
+    """A digest of what OpenVINO's code generator depends on: the model file, the
+    options, OpenVINO's version and the CPU (its name, vector instructions and
+    bfloat16 and int8 products), so that a cache shared by other CPUs stays right."""
+    digest = hashlib.blake2b(digest_size=8)
+    for part in (
+        source.parent.name,
+        source.name,
+        *(f"{name}={value}" for name, value in sorted(config.items())),
+        openvino.get_version(),
+        str(core.get_property(CPU, "FULL_DEVICE_NAME")),
+        torch.backends.cpu.get_cpu_capability(),
+        ",".join(cpu_flags(tuple(DETECTED_FLAGS))),
+    ):
+        digest.update(part.encode())
+    return digest.hexdigest()
 
 
 def int8_model(core: openvino.Core, export: Path, calibration: Sequence[Arrays]) -> Path:

@@ -221,6 +221,7 @@ def test_where_openvino_cannot_generate_its_fused_kernels_it_compiles_without_th
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     compile_model = openvino.Core.compile_model
+    fused_tries: list[Path] = []
 
     def without_registers(
         core: openvino.Core, model: object, *args: object, **kwargs: object
@@ -230,6 +231,7 @@ def test_where_openvino_cannot_generate_its_fused_kernels_it_compiles_without_th
         config = kwargs.get("config", args[1] if len(args) > 1 else {})
         wanted = isinstance(config, dict) and config.get(openvino_runtime.SNIPPETS_MODE)
         if isinstance(model, Path) and wanted != openvino_runtime.SNIPPETS_OFF:
+            fused_tries.append(model)
             raise RuntimeError("Can't allocate registers for a snippet: not enough registers")
         return compile_model(core, model, *args, **kwargs)
 
@@ -240,11 +242,27 @@ def test_where_openvino_cannot_generate_its_fused_kernels_it_compiles_without_th
     assert fused_kernels(int8._forward_pass) == 0
     [export] = cache.iterdir()
     assert list((export / openvino_runtime.UNFUSED_DIR).iterdir())
-    assert not any((export / openvino_runtime.FUSED_DIR).glob("*"))
+    [refused] = (export / openvino_runtime.FUSED_DIR).iterdir()
+    assert refused.name.startswith(openvino_runtime.REFUSED_PREFIX)
     [without] = [r.message for r in caplog.records if "without them" in r.message]
     assert "cannot generate its fused kernels" in without
     assert "not enough registers" in without
     assert_int8_scores_like_float32(int8, str(tiny_bart_dir))
+
+    # A restart compiles without them at once, saying why.
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=openvino_runtime.__name__):
+        again = load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")
+    assert len(fused_tries) == 1
+    assert fused_kernels(again._forward_pass) == 0
+    [before] = [r.message for r in caplog.records if "fused kernels" in r.message]
+    assert "could not generate for it before (" in before
+    assert "not enough registers" in before
+
+    # Another CPU sharing the cache tries for itself.
+    monkeypatch.setattr(openvino_runtime, "cpu_flags", lambda wanted: ("amx_int8",))
+    load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")
+    assert len(fused_tries) == 2
 
 
 def decoder_layers(model_dir: Path) -> int:
