@@ -192,9 +192,10 @@ def _compiled(
         if (refused / REASON_FILE).is_file():
             log.info(
                 "compiling %s without OpenVINO's fused kernels, which it could not generate "
-                "for it before (%s)",
+                "for it before (%s; removing %s tries again)",
                 source.parent.name,
                 (refused / REASON_FILE).read_text().strip(),
+                refused,
             )
             return compile_model(fused=False)
     try:

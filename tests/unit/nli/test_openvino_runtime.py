@@ -258,6 +258,7 @@ def test_where_openvino_cannot_generate_its_fused_kernels_it_compiles_without_th
     [before] = [r.message for r in caplog.records if "fused kernels" in r.message]
     assert "could not generate for it before (" in before
     assert "not enough registers" in before
+    assert f"removing {refused} tries again" in before
 
     # Another CPU sharing the cache tries for itself.
     monkeypatch.setattr(openvino_runtime, "cpu_flags", lambda wanted: ("amx_int8",))
