@@ -187,6 +187,41 @@ def test_int8_is_quantized_once_on_its_calibration_and_kept_beside_the_export(
     ]
     assert len(two_activations) == 2 * attention_layers(tiny_bart_dir)
     assert not static & set(two_activations)
+    # The scores' products transpose the keys themselves (`_keys_split_like_queries`).
+    scores_products = [
+        node
+        for node in quantized.get_ordered_ops()
+        if node.get_friendly_name() in two_activations and node.get_attributes()["transpose_b"]
+    ]
+    assert len(scores_products) == attention_layers(tiny_bart_dir)
+
+
+def test_attentions_keys_split_like_its_queries_give_the_same_logits(tiny_bart_dir: Path) -> None:
+    """The rewrite int8 is quantized after (`_keys_split_like_queries`) changes no number."""
+    export = load_classifier(str(tiny_bart_dir), device="cpu", dtype="float32")._forward_pass
+    assert isinstance(export, OnnxForward)
+    core = openvino.Core()
+    model = core.read_model(export.path)
+    assert openvino_runtime._keys_split_like_queries(model) == attention_layers(tiny_bart_dir)
+    assert openvino_runtime._keys_split_like_queries(model) == 0
+    tokenizer, _ = load_model(str(tiny_bart_dir), CPU, torch.float32)
+    premises = fortunes(3, max_chars=200)
+    arrays = dict(
+        tokenizer(
+            premises,
+            [f"This example is {label}." for label in TASK.labels[:3]],
+            padding=True,
+            return_tensors="np",
+        )
+    )
+    config = {"INFERENCE_PRECISION_HINT": openvino.Type.f32}
+    [before, after] = [
+        core.compile_model(source, openvino_runtime.CPU, config)
+        .create_infer_request()
+        .infer(arrays)
+        for source in (export.path, model)
+    ]
+    np.testing.assert_array_equal(before[0], after[0])
 
 
 def fused_kernels(forward: OpenVinoForward) -> int:
