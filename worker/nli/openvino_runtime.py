@@ -288,8 +288,8 @@ def _keys_split_like_queries(model: openvino.Model) -> int:
     (batch, heads, dims, tokens) (KEYS_TRANSPOSED), a transpose the kernel leaves
     outside itself; here the keys are split into heads as the queries are (HEADS_SPLIT)
     and the product transposes them (`transpose_b`). The same numbers, fewer moves: on a
-    2-core Zen 4 EPYC (a script outside the repo, int8 passes of 8 pairs of 300 tokens)
-    the transposes and the fused kernels both took less time."""
+    2-core Zen 4 EPYC the transposes' time in an int8 pass over long texts fell to a
+    quarter (`python -m bench.levers --profile`, README: Levers)."""
     rewritten = 0
     for transpose in model.get_ordered_ops():
         if transpose.get_type_name() != "Transpose":
