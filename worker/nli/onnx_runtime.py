@@ -109,10 +109,12 @@ DIGEST_SAMPLED_ELEMENTS = 1 << 16
 # ONNX Runtime's quantizer logs through the root logger, from files under here.
 QUANTIZER_SOURCE = "onnxruntime/quantization/"
 MODEL_FILE = "model.onnx"
-# An export unused for this long is removed when another one is written: each
-# new model, and each version of torch, transformers or ONNX Runtime, adds one
-# (about 1 GB in float32 for distilbart-mnli-12-3, and as much again for
-# OpenVINO's compiled model beside it). Every load marks its export as used.
+# What the cache holds is removed once unused for this long: each new model, and
+# each version of torch, transformers or ONNX Runtime, adds an export (about 1 GB
+# in float32 for distilbart-mnli-12-3), and beside it each version of OpenVINO or
+# NNCF, each CPU and each recipe adds what the runtimes derive from it (OpenVINO's
+# compiled model, as large again; int8 models, a quarter of that). Every load marks
+# what it uses (`mark_used`).
 DAY_S = 24 * 3600
 CACHE_MAX_IDLE_S = 30 * DAY_S
 # Two example pairs of different lengths: the export sees padding, so nothing
@@ -206,6 +208,7 @@ def int8_model(export: Path) -> Path:
                 weight_type=QuantType.QInt8,
                 extra_options={"MatMulConstBOnly": True},
             )
+    mark_used(target, export.parent)
     return target / MODEL_FILE
 
 
@@ -260,20 +263,40 @@ def _writable(root: Path) -> bool:
     return os.access(root, os.W_OK)
 
 
-def prune(root: Path, keep: str, now: float) -> None:
-    """Remove the exports under `root` unused for CACHE_MAX_IDLE_S, `keep` aside.
+def mark_used(entry: Path, top: Path) -> None:
+    """`entry` in the cache marked used, with each directory above it below `top`, and
+    what beside each of them has gone unused for CACHE_MAX_IDLE_S removed (`prune`):
+    models other versions or recipes made, which nothing reads any more. A cache it
+    cannot write is left as it is."""
+    now = time.time()
+    while top in entry.parents:
+        with contextlib.suppress(OSError):
+            os.utime(entry)
+        prune(entry.parent, keep=entry.name, now=now)
+        entry = entry.parent
 
-    Half-written ones left by a start-up that died are as old as it, and go too.
+
+def prune(root: Path, keep: str, now: float) -> None:
+    """Remove what is in `root` unused for CACHE_MAX_IDLE_S, `keep` and an export's
+    MODEL_FILE aside (an export's directory is marked used, its file is not).
+
+    Half-written entries left by a start-up that died are as old as it, and go too.
     """
     for entry in root.iterdir():
         with contextlib.suppress(OSError):
-            if entry.name != keep and now - entry.stat().st_mtime > CACHE_MAX_IDLE_S:
+            if (
+                entry.name not in (keep, MODEL_FILE)
+                and now - entry.stat().st_mtime > CACHE_MAX_IDLE_S
+            ):
                 log.info(
-                    "removing the ONNX export %s: unused for %d days",
+                    "removing %s from the model cache: unused for %d days",
                     entry,
                     CACHE_MAX_IDLE_S // DAY_S,
                 )
-                shutil.rmtree(entry)
+                if entry.is_dir():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
 
 
 class ExportedForward:
@@ -374,12 +397,9 @@ def exported(
     `ModelError`."""
     digest = model_digest(model, input_names)
     path = root / digest / MODEL_FILE
-    if path.is_file():
-        with contextlib.suppress(OSError):
-            os.utime(root / digest)
-        return path
-    log.info("exporting %s to ONNX (once per model and versions)", name)
-    with written_once(root / digest) as staging:
-        export(model, tokenizer, input_names, staging / MODEL_FILE)
-    prune(root, keep=digest, now=time.time())
+    if not path.is_file():
+        log.info("exporting %s to ONNX (once per model and versions)", name)
+        with written_once(root / digest) as staging:
+            export(model, tokenizer, input_names, staging / MODEL_FILE)
+    mark_used(root / digest, root)
     return path

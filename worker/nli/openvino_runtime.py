@@ -16,9 +16,10 @@ It reads the same float32 export as ONNX Runtime (worker.nli.onnx_runtime,
 cached there) and computes in bfloat16 where the CPU multiplies it in
 hardware, as OpenVINO's "INFERENCE_PRECISION_HINT" lowers the float32 graph.
 The compiled model is kept beside the export (FUSED_DIR, or UNFUSED_DIR where
-OpenVINO compiles it without its generated kernels), once per OpenVINO version:
-the first start-up compiles it (seconds for distilbart-mnli-12-3), later ones
-read it back without the export.
+OpenVINO compiles it without its generated kernels), in a directory per
+OpenVINO version, options and CPU (`_compilation_key`): the first start-up
+compiles it (seconds for distilbart-mnli-12-3), later ones read it back without
+the export, and one unused for a month goes (worker.nli.onnx_runtime.mark_used).
 
 int8 (the opt-in) runs here too where the CPU has an int8 dot product (VNNI or
 AMX), quantized statically: NNCF (OpenVINO's quantizer) measures the ranges the
@@ -58,7 +59,7 @@ from openvino import opset13
 
 from worker.nli import int8_calibration
 from worker.nli.forward import Arrays
-from worker.nli.onnx_runtime import INT8, LOGITS, ExportedForward, written_once
+from worker.nli.onnx_runtime import INT8, LOGITS, ExportedForward, mark_used, written_once
 from worker.nli.precision import DETECTED_FLAGS, cpu_flags
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,8 @@ CPU = "CPU"
 # multiplies bfloat16 in hardware (AVX512-BF16 or AMX).
 BF16_CAPABILITY = "BF16"
 # The compiled model, beside the export, with OpenVINO's generated kernels or without
-# them (see `_compiled`): OpenVINO's cache does not tell the two apart.
+# them (see `_compiled`): OpenVINO's cache does not tell the two apart. In each, a
+# directory per `_compilation_key` holds OpenVINO's cache of that compilation.
 FUSED_DIR = "openvino-fused"
 UNFUSED_DIR = "openvino"
 SNIPPETS_MODE = "SNIPPETS_MODE"
@@ -180,16 +182,23 @@ def _compiled(
     about as fast; `python -m bench.levers`), or without them where
     `fused_kernels` is False or its code generator cannot build them for the model
     (DeBERTa's attention: "not enough registers"). Kept in `cache` (None: nowhere),
-    in a directory of each kind; where it could not build them, the cache says so
-    (REFUSED_PREFIX), and later start-ups spare the try (seconds for a DeBERTa-v3-base)."""
+    in a directory of each kind, per `_compilation_key`, marked used at each start-up
+    (`mark_used`); where it could not build them, the cache says so (REFUSED_PREFIX),
+    and later start-ups spare the try (seconds for a DeBERTa-v3-base)."""
 
     def compile_model(fused: bool) -> openvino.CompiledModel:
         options = dict(config)
         if not fused:
             options[SNIPPETS_MODE] = SNIPPETS_OFF
-        if cache is not None:
-            options["CACHE_DIR"] = str(cache / (FUSED_DIR if fused else UNFUSED_DIR))
-        return core.compile_model(source, CPU, options)
+        if cache is None:
+            return core.compile_model(source, CPU, options)
+        kept = (
+            cache / (FUSED_DIR if fused else UNFUSED_DIR) / _compilation_key(core, source, config)
+        )
+        options["CACHE_DIR"] = str(kept)
+        compiled = core.compile_model(source, CPU, options)
+        mark_used(kept, cache)
+        return compiled
 
     if not fused_kernels:
         return compile_model(fused=False)
@@ -204,6 +213,7 @@ def _compiled(
                 (refused / REASON_FILE).read_text().strip(),
                 refused,
             )
+            mark_used(refused, cache)
             return compile_model(fused=False)
     try:
         return compile_model(fused=True)
@@ -249,6 +259,7 @@ def int8_model(core: openvino.Core, export: Path, calibration: Sequence[Arrays])
     key = int8_calibration.digest(calibration, importlib.metadata.version(NNCF))
     target = export.parent / f"{INT8_DIR}-{key}"
     if (target / INT8_MODEL).is_file():
+        mark_used(target, export.parent)
         return target / INT8_MODEL
     log.info(
         "quantizing %s to int8 on %d calibration batches (once per model and calibration)",
@@ -279,6 +290,7 @@ def int8_model(core: openvino.Core, export: Path, calibration: Sequence[Arrays])
     with written_once(target) as staging:
         openvino.save_model(quantized, staging / INT8_MODEL, compress_to_fp16=False)
     log.info("quantized to int8 in %.0f s", time.perf_counter() - started)
+    mark_used(target, export.parent)
     return target / INT8_MODEL
 
 

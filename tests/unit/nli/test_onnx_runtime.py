@@ -142,17 +142,21 @@ def test_one_export_serves_float32_and_int8_each_made_once(
     ]
 
 
-def test_exports_unused_for_30_days_are_pruned_when_one_is_written(
+def unused_for_a_month(*entries: Path) -> None:
+    month_ago = time.time() - onnx_runtime.CACHE_MAX_IDLE_S - 60
+    for entry in entries:
+        os.utime(entry, (month_ago, month_ago))
+
+
+def test_exports_unused_for_30_days_are_pruned_at_each_load(
     tiny_bart_dir: Path, cache: Path
 ) -> None:
-    cache.mkdir(parents=True)
-    month_ago = time.time() - onnx_runtime.CACHE_MAX_IDLE_S - 60
+    load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")
     stale, recent, half_written = cache / "stale", cache / "recent", cache / ".abc-half"
     for entry in (stale, recent, half_written):
         entry.mkdir()
         (entry / MODEL_FILE).write_bytes(b"graph")
-    for entry in (stale, half_written):
-        os.utime(entry, (month_ago, month_ago))
+    unused_for_a_month(stale, half_written)
 
     load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")
 
@@ -160,11 +164,30 @@ def test_exports_unused_for_30_days_are_pruned_when_one_is_written(
     assert recent.exists()
 
 
+def test_what_is_derived_from_an_export_goes_once_unused_for_30_days(
+    tiny_bart_dir: Path, cache: Path
+) -> None:
+    """Other recipes' int8 models and other versions' compiled ones, beside an export in
+    use: each load marks what it uses, and the rest goes a month after its last use."""
+    load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")
+    [export] = cache.iterdir()
+    old_recipe, recent, old_file = export / "onnxruntime-int8-v0", export / "recent", export / "x"
+    for entry in (old_recipe, recent):
+        entry.mkdir()
+    old_file.write_bytes(b"blob")
+    in_use = export / onnx_runtime.INT8_DIR
+    unused_for_a_month(old_recipe, old_file, in_use, export / MODEL_FILE)
+
+    load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")
+
+    assert sorted(p.name for p in export.iterdir()) == [MODEL_FILE, onnx_runtime.INT8_DIR, "recent"]
+    assert time.time() - in_use.stat().st_mtime < onnx_runtime.CACHE_MAX_IDLE_S
+
+
 def test_loading_an_export_marks_it_used(tiny_bart_dir: Path, cache: Path) -> None:
     load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")
     (entry,) = cache.iterdir()
-    month_ago = time.time() - onnx_runtime.CACHE_MAX_IDLE_S - 60
-    os.utime(entry, (month_ago, month_ago))
+    unused_for_a_month(entry)
 
     load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from pathlib import Path
 
 import nncf
@@ -111,10 +112,10 @@ def test_where_openvino_cannot_compute_bfloat16_it_runs_in_torch(
 def test_the_compiled_model_is_kept_beside_the_export(tiny_bart_dir: Path, cache: Path) -> None:
     load_classifier(str(tiny_bart_dir), device="cpu", dtype="bfloat16")
     [export] = cache.iterdir()
-    compiled = list((export / openvino_runtime.FUSED_DIR).iterdir())
+    compiled = sorted((export / openvino_runtime.FUSED_DIR).rglob("*"))
     assert compiled
     again = load_classifier(str(tiny_bart_dir), device="cpu", dtype="bfloat16")
-    assert list((export / openvino_runtime.FUSED_DIR).iterdir()) == compiled
+    assert sorted((export / openvino_runtime.FUSED_DIR).rglob("*")) == compiled
     assert scores(again, fortunes(1, max_chars=200)).shape == (1, len(TASK.labels))
 
 
@@ -127,13 +128,13 @@ def test_a_profiled_forward_counts_its_operators_time_and_caches_nothing(
     running = load_classifier(str(tiny_bart_dir), device="cpu", dtype="bfloat16")._forward_pass
     assert isinstance(running, OpenVinoForward)
     compiled = running.path.parent / openvino_runtime.FUSED_DIR
-    cached = sorted(compiled.iterdir())
+    cached = sorted(compiled.rglob("*"))
     forward = running.recompiled(profile=True)
     tokenizer, model = load_model(str(tiny_bart_dir), CPU, torch.float32)
     profiled = NLIClassifier(str(tiny_bart_dir), tokenizer, model.config, forward)
     scores(profiled, fortunes(2, max_chars=200))
     assert forward.op_seconds["FullyConnected"] > 0
-    assert sorted(compiled.iterdir()) == cached
+    assert sorted(compiled.rglob("*")) == cached
 
 
 @pytest.mark.usefixtures("int8_dot_product")
@@ -194,6 +195,35 @@ def test_int8_is_quantized_once_on_its_calibration_and_kept_beside_the_export(
         if node.get_friendly_name() in two_activations and node.get_attributes()["transpose_b"]
     ]
     assert len(scores_products) == attention_layers(tiny_bart_dir)
+
+
+@pytest.mark.usefixtures("int8_dot_product")
+def test_compiled_models_are_kept_per_cpu_and_go_once_unused_for_30_days(
+    tiny_bart_dir: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")
+    [export] = cache.iterdir()
+    compiled = export / openvino_runtime.FUSED_DIR
+    [in_use] = compiled.iterdir()
+    [int8] = export.glob(f"{openvino_runtime.INT8_DIR}-*")
+    # An earlier layout's compiled model, another OpenVINO's, an earlier int8 recipe's.
+    old_layout, other_version = compiled / "123.blob", compiled / "0123456789abcdef"
+    old_recipe = export / "openvino-int8-static-v1-0123456789abcdef"
+    old_layout.write_bytes(b"blob")
+    other_version.mkdir()
+    old_recipe.mkdir()
+    test_onnx_runtime.unused_for_a_month(old_layout, other_version, old_recipe, in_use, int8)
+
+    load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")
+    assert list(compiled.iterdir()) == [in_use]
+    assert time.time() - in_use.stat().st_mtime < onnx_runtime.CACHE_MAX_IDLE_S
+    assert not old_recipe.exists() and int8.exists()
+
+    # Another CPU sharing the cache compiles for itself, beside it.
+    monkeypatch.setattr(openvino_runtime, "cpu_flags", lambda wanted: ("amx_int8",))
+    load_classifier(str(tiny_bart_dir), device="cpu", dtype="int8")
+    assert len(list(compiled.iterdir())) == 2
+    assert all(list(key.iterdir()) for key in compiled.iterdir())
 
 
 def test_attentions_keys_split_like_its_queries_give_the_same_logits(tiny_bart_dir: Path) -> None:
