@@ -47,6 +47,7 @@ import hashlib
 import importlib.metadata
 import logging
 import os
+import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -59,7 +60,14 @@ from openvino import opset13
 
 from worker.nli import int8_calibration
 from worker.nli.forward import Arrays
-from worker.nli.onnx_runtime import INT8, LOGITS, ExportedForward, mark_used, written_once
+from worker.nli.onnx_runtime import (
+    CACHE_MAX_IDLE_S,
+    INT8,
+    LOGITS,
+    ExportedForward,
+    mark_used,
+    written_once,
+)
 from worker.nli.precision import DETECTED_FLAGS, cpu_flags
 
 log = logging.getLogger(__name__)
@@ -79,7 +87,9 @@ SNIPPETS_MODE = "SNIPPETS_MODE"
 SNIPPETS_OFF = "DISABLE"
 # Where OpenVINO could not generate its kernels for a compilation, a directory of this
 # prefix in FUSED_DIR says so, named by what it depends on (see `_compilation_key`), its
-# reason inside: later start-ups compile without them at once.
+# reason inside: later start-ups compile without them at once, for a month after it was
+# written (CACHE_MAX_IDLE_S); then one tries again, so that a failure that was not the
+# model's costs that month at most.
 REFUSED_PREFIX = "refused-"
 REASON_FILE = "reason.txt"
 # The int8 model, beside the export, in a directory named by this and the digest of
@@ -205,16 +215,18 @@ def _compiled(
     refused = None
     if cache is not None:
         refused = cache / FUSED_DIR / f"{REFUSED_PREFIX}{_compilation_key(core, source, config)}"
-        if (refused / REASON_FILE).is_file():
+        noted = _refusal(refused)
+        if noted is not None:
             log.info(
                 "compiling %s without OpenVINO's fused kernels, which it could not generate "
                 "for it before (%s; removing %s tries again)",
                 source.parent.name,
-                (refused / REASON_FILE).read_text().strip(),
+                noted,
                 refused,
             )
-            mark_used(refused, cache)
             return compile_model(fused=False)
+        # None, or one a month old: this start-up tries again.
+        shutil.rmtree(refused, ignore_errors=True)
     try:
         return compile_model(fused=True)
     except RuntimeError as error:
@@ -233,6 +245,16 @@ def _compiled(
             with written_once(refused) as staging:
                 (staging / REASON_FILE).write_text(reason + "\n")
     return compiled
+
+
+def _refusal(refused: Path) -> str | None:
+    """The reason noted in `refused` (see REFUSED_PREFIX), where it was noted less than
+    CACHE_MAX_IDLE_S ago."""
+    note = refused / REASON_FILE
+    with contextlib.suppress(OSError):
+        if time.time() - note.stat().st_mtime < CACHE_MAX_IDLE_S:
+            return note.read_text().strip()
+    return None
 
 
 def _compilation_key(core: openvino.Core, source: Path, config: dict[str, object]) -> str:
