@@ -196,15 +196,15 @@ def _compiled(
     (`mark_used`); where it could not build them, the cache says so (REFUSED_PREFIX),
     and later start-ups spare the try (seconds for a DeBERTa-v3-base)."""
 
+    key = _compilation_key(core, source, config)
+
     def compile_model(fused: bool) -> openvino.CompiledModel:
         options = dict(config)
         if not fused:
             options[SNIPPETS_MODE] = SNIPPETS_OFF
         if cache is None:
             return core.compile_model(source, CPU, options)
-        kept = (
-            cache / (FUSED_DIR if fused else UNFUSED_DIR) / _compilation_key(core, source, config)
-        )
+        kept = cache / (FUSED_DIR if fused else UNFUSED_DIR) / key
         options["CACHE_DIR"] = str(kept)
         compiled = core.compile_model(source, CPU, options)
         mark_used(kept, cache)
@@ -214,7 +214,7 @@ def _compiled(
         return compile_model(fused=False)
     refused = None
     if cache is not None:
-        refused = cache / FUSED_DIR / f"{REFUSED_PREFIX}{_compilation_key(core, source, config)}"
+        refused = cache / FUSED_DIR / f"{REFUSED_PREFIX}{key}"
         noted = _refusal(refused)
         if noted is not None:
             log.info(
